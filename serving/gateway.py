@@ -1,0 +1,318 @@
+"""The local gateway: what Istio's weighted route and the Seldon executor do on a cluster.
+
+On a cluster, a request to ``/seldon/<namespace>/<name>/api/v1.0/predictions`` passes the Istio
+VirtualService, which picks a predictor at random by the ``traffic`` weights (one HTTP route,
+weighted destinations, no header override), then that predictor's executor, which calls the model
+container and records ``seldon_api_executor_*`` metrics. The operator also creates one Service per
+predictor (``<sdep>-<predictor>``) that reaches that predictor only.
+
+Locally, one asyncio process does all of it on 127.0.0.1:
+
+- the ingress port serves ``/seldon/<ns>/<name>/api/v1.0/{predictions,feedback}``, split by the
+  weights exactly as Istio does - so ``/feedback`` sent there is split at random too, which is the
+  cluster's behaviour and the reason ``feedback.py`` sends feedback to the serving arm's own port;
+- one port per predictor stands in for its Service: ``/api/v1.0/{predictions,feedback}``;
+- ``/metrics`` on the ingress port exposes the executor's histograms with the same names, labels
+  and buckets;
+- the manifest is re-read when it changes (or on ``POST /admin/reload``): a new traffic split
+  applies to the next request, while requests in flight finish where they were sent.
+
+Run by ``serving.local``; the config it is given is a JSON file (see ``GatewayConfig``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import random
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Histogram, generate_latest
+
+from serving import deployment as sdep
+
+logger = logging.getLogger("serving.gateway")
+
+# seldon-core executor/api/metric/constants.go
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
+SERVER_REQUESTS = Histogram(
+    "seldon_api_executor_server_requests_seconds",
+    "A histogram of latencies for executor server",
+    ["deployment_name", "predictor_name", "predictor_version", "service", "method", "code"],
+    buckets=BUCKETS,
+)
+CLIENT_REQUESTS = Histogram(
+    "seldon_api_executor_client_requests_seconds",
+    "A histogram of latencies for executor client",
+    ["deployment_name", "predictor_name", "predictor_version", "service", "model_name", "model_image", "model_version", "method", "code"],
+    buckets=BUCKETS,
+)
+
+# executor REST service names (server side) and the model container paths it calls (client side)
+UPSTREAM_PATH = {"predictions": "/predict", "feedback": "/send-feedback"}
+PUID_HEADER = "Seldon-Puid"
+
+
+@dataclass
+class GatewayConfig:
+    manifest: str
+    upstreams: dict[str, str]  # predictor name -> model server base URL
+    predictor_ports: dict[str, int]  # predictor name -> its "Service" port
+    ingress_port: int = 8003
+    host: str = "127.0.0.1"
+    model_image: str = "mlflow-seldon/mlflowserver:local"
+    max_body_bytes: int = 1 << 20
+    upstream_timeout: float = 5.0  # seconds; Seldon's default rest-timeout is 5000 ms
+    reload_interval: float = 0.5
+    seed: int | None = None
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "GatewayConfig":
+        return cls(**json.loads(Path(path).read_text()))
+
+    def write(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2))
+
+
+def error_body(status: int, reason: str, info: str) -> dict:
+    """Seldon's error shape, as the executor and the Python wrapper return it."""
+    return {"status": {"code": status, "info": info, "reason": reason, "status": "FAILURE"}}
+
+
+def json_error(status: int, reason: str, info: str) -> web.Response:
+    return web.json_response(error_body(status, reason, info), status=status)
+
+
+@dataclass
+class Routes:
+    deployment: sdep.Deployment
+    names: list[str] = field(default_factory=list)
+    weights: list[int] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, deployment: sdep.Deployment) -> "Routes":
+        live = [p for p in deployment.predictors if p.traffic > 0]
+        return cls(deployment, [p.name for p in live], [p.traffic for p in live])
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig):
+        self.config = config
+        self.random = random.Random(config.seed)
+        self.routes = Routes.of(sdep.load(config.manifest))
+        self._check_upstreams(self.routes.deployment)
+        self.mtime = os.stat(config.manifest).st_mtime_ns
+        self.reload_error: str | None = None
+        self.reloads = 0
+        self.session: aiohttp.ClientSession | None = None
+        self.timeout = aiohttp.ClientTimeout(total=config.upstream_timeout)
+
+    # ---------------------------------------------------------------- configuration
+    def _check_upstreams(self, deployment: sdep.Deployment) -> None:
+        missing = [p.name for p in deployment.predictors if p.name not in self.config.upstreams]
+        if missing:
+            raise sdep.DeploymentError(
+                f"{deployment.source}: predictors {missing} have no running model server; "
+                "adding predictors needs `python -m serving.local down` then `up`"
+            )
+
+    async def reload(self) -> dict:
+        """Re-read the manifest; on any error keep serving the current split and report why."""
+        path = self.config.manifest
+        try:
+            mtime = os.stat(path).st_mtime_ns
+            # validation reads the CRD schema: keep it off the event loop
+            deployment = await asyncio.get_running_loop().run_in_executor(None, sdep.load, path)
+            self._check_upstreams(deployment)
+            current = self.routes.deployment
+            if deployment.name != current.name or deployment.namespace != current.namespace:
+                raise sdep.DeploymentError(f"{path}: renaming the deployment needs `down` then `up`")
+        except (OSError, sdep.DeploymentError) as e:
+            self.reload_error = str(e)
+            logger.error("manifest not applied, still serving %s: %s", self.routes.deployment.traffic, e)
+            return {"applied": False, "error": self.reload_error, "traffic": self.routes.deployment.traffic}
+        self.mtime = mtime
+        self.routes = Routes.of(deployment)  # one assignment: requests in flight keep their arm
+        self.reload_error = None
+        self.reloads += 1
+        logger.info("applied %s: traffic %s", path, deployment.traffic)
+        return {"applied": True, "traffic": deployment.traffic}
+
+    async def watch_manifest(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reload_interval)
+            try:
+                mtime = os.stat(self.config.manifest).st_mtime_ns
+            except OSError:
+                continue
+            if mtime != self.mtime:
+                await self.reload()
+
+    # ---------------------------------------------------------------- proxying
+    async def forward(self, request: web.Request, predictor: sdep.Predictor, service: str) -> web.Response:
+        start = time.perf_counter()
+        deployment = self.routes.deployment
+        response = await self._call_model(request, deployment, predictor, service)
+        SERVER_REQUESTS.labels(
+            deployment.name, predictor.name, predictor.version, service, request.method, str(response.status)
+        ).observe(time.perf_counter() - start)
+        return response
+
+    async def _call_model(self, request, deployment, predictor, service) -> web.Response:
+        body = await request.read()
+        puid = request.headers.get(PUID_HEADER) or str(uuid.uuid4())
+        headers = {"Content-Type": request.headers.get("Content-Type", "application/json"), PUID_HEADER: puid}
+        url = self.config.upstreams[predictor.name] + UPSTREAM_PATH[service]
+        start = time.perf_counter()
+        try:
+            async with self.session.post(url, data=body, headers=headers, timeout=self.timeout) as upstream:
+                payload = await upstream.read()
+                status = upstream.status
+                content_type = upstream.headers.get("Content-Type", "application/json")
+        except asyncio.TimeoutError:
+            return json_error(
+                504, "UPSTREAM_TIMEOUT",
+                f"predictor {predictor.name!r} (model {predictor.node!r}) did not answer within {self.config.upstream_timeout:g} s",
+            )
+        except aiohttp.ClientError as e:
+            return json_error(
+                503, "UPSTREAM_UNAVAILABLE",
+                f"predictor {predictor.name!r} (model {predictor.node!r}) is unavailable: {type(e).__name__}",
+            )
+        image, _, tag = self.config.model_image.partition(":")
+        CLIENT_REQUESTS.labels(
+            deployment.name, predictor.name, predictor.version, UPSTREAM_PATH[service],
+            predictor.node, image, tag, request.method, str(status),
+        ).observe(time.perf_counter() - start)
+        if status >= 500:
+            # the model container failed; the executor reports it without leaking a traceback page
+            logger.error("predictor %s answered %s: %s", predictor.name, status, payload[:500])
+        return web.Response(body=payload, status=status, headers={"Content-Type": content_type, PUID_HEADER: puid})
+
+    # ---------------------------------------------------------------- handlers
+    async def ingress(self, request: web.Request) -> web.Response:
+        deployment = self.routes.deployment
+        ns, name = request.match_info["namespace"], request.match_info["name"]
+        if (ns, name) != (deployment.namespace, deployment.name):
+            return json_error(
+                404, "NOT_FOUND",
+                f"no SeldonDeployment {name!r} in namespace {ns!r}; this gateway serves {deployment.ingress_prefix}",
+            )
+        routes = self.routes
+        if not routes.names:
+            return json_error(503, "NO_TRAFFIC", "every predictor has traffic 0")
+        chosen = self.random.choices(routes.names, weights=routes.weights)[0]
+        return await self.forward(request, routes.deployment.predictor(chosen), request.match_info["service"])
+
+    def predictor_handler(self, predictor_name: str):
+        async def handle(request: web.Request) -> web.Response:
+            deployment = self.routes.deployment
+            try:
+                predictor = deployment.predictor(predictor_name)
+            except KeyError:
+                return json_error(404, "NOT_FOUND", f"predictor {predictor_name!r} is no longer in {deployment.name}")
+            return await self.forward(request, predictor, request.match_info["service"])
+
+        return handle
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        return web.Response(text="ready")
+
+    async def status(self, request: web.Request) -> web.Response:
+        deployment = self.routes.deployment
+        return web.json_response(
+            {
+                "deployment": deployment.name,
+                "namespace": deployment.namespace,
+                "manifest": self.config.manifest,
+                "traffic": deployment.traffic,
+                "reloads": self.reloads,
+                "reload_error": self.reload_error,
+            }
+        )
+
+    async def reload_handler(self, request: web.Request) -> web.Response:
+        result = await self.reload()
+        return web.json_response(result, status=200 if result["applied"] else 409)
+
+    # ---------------------------------------------------------------- apps
+    def ingress_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[errors_as_json])
+        app.router.add_post("/seldon/{namespace}/{name}/api/v1.0/{service:predictions|feedback}", self.ingress)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/ready", self.ready)
+        app.router.add_get("/admin/status", self.status)
+        app.router.add_post("/admin/reload", self.reload_handler)
+        return app
+
+    def predictor_app(self, predictor_name: str) -> web.Application:
+        app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[errors_as_json])
+        app.router.add_post("/api/v1.0/{service:predictions|feedback}", self.predictor_handler(predictor_name))
+        app.router.add_get("/ready", self.ready)
+        return app
+
+    async def start(self) -> list[web.AppRunner]:
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256), auto_decompress=False)
+        runners = []
+        apps = [(self.ingress_app(), self.config.ingress_port)] + [
+            (self.predictor_app(name), port) for name, port in self.config.predictor_ports.items()
+        ]
+        for app, port in apps:
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await runner.setup()
+            await web.TCPSite(runner, self.config.host, port, backlog=1024).start()
+            runners.append(runner)
+        return runners
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler):
+    """Every error the gateway itself raises (404, 405, 413, ...) in Seldon's JSON shape."""
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        info = {
+            404: f"no route for {request.path}",
+            405: f"method {request.method} not allowed on {request.path}",
+            413: f"request body larger than {request.app._client_max_size} bytes",
+        }.get(e.status, e.reason)
+        return json_error(e.status, e.reason.upper().replace(" ", "_"), info)
+
+
+async def serve(config: GatewayConfig) -> None:
+    gateway = Gateway(config)
+    await gateway.start()
+    logger.info(
+        "gateway on http://%s:%d%s (split %s); predictors on %s",
+        config.host, config.ingress_port, gateway.routes.deployment.ingress_prefix,
+        gateway.routes.deployment.traffic, config.predictor_ports,
+    )
+    await gateway.watch_manifest()
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="The local Seldon gateway (started by serving.local).")
+    parser.add_argument("--config", required=True, help="gateway config JSON written by serving.local")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s gateway %(levelname)s %(message)s")
+    try:
+        asyncio.run(serve(GatewayConfig.read(args.config)))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
