@@ -297,3 +297,39 @@ def resolve_model_uri(uri: str) -> str:
     if not (folder / "MLmodel").is_file():
         raise DeploymentError(f"modelUri {uri}: no MLflow model there (no MLmodel file)")
     return str(folder)
+
+
+def set_traffic(path: str | os.PathLike, split: dict[str, int]) -> dict[str, int]:
+    """Rewrite the predictors' traffic weights in a manifest file, keeping its comments and layout.
+
+    The new split is checked like any manifest before the file is touched; returns the old split.
+    """
+    from ruamel.yaml import YAML
+
+    path = Path(path)
+    round_trip = YAML()
+    round_trip.preserve_quotes = True
+    round_trip.indent(mapping=2, sequence=4, offset=2)  # the style of serving/model-a-b.yaml
+    document = round_trip.load(path.read_text())
+    names = [p.get("name") for p in document["spec"]["predictors"]]
+    unknown = sorted(set(split) - set(names))
+    if unknown:
+        raise DeploymentError(f"{path}: no predictors named {unknown}; have {names}")
+    old = {p["name"]: p.get("traffic", 0) for p in document["spec"]["predictors"]}
+    for predictor in document["spec"]["predictors"]:
+        predictor["traffic"] = int(split.get(predictor["name"], 0))
+    plain = yaml.safe_load(json.dumps(_plain(document)))
+    parse(plain, source=str(path))  # refuse a split that does not add up before writing
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        round_trip.dump(document, f)
+    os.replace(tmp, path)  # atomic: the gateway never reads a half-written file
+    return old
+
+
+def _plain(node):
+    if isinstance(node, dict):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node
