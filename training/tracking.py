@@ -55,7 +55,9 @@ def run_arm(alpha: float, l1_ratio: float, alias: str, seed: int | None = None) 
     ]
     if seed is not None:
         command += ["-P", f"seed={seed}"]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    # the MLproject runs `python train.py`: make that this interpreter, venv or not
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
     # show train.py's own summary lines; MLflow's progress chatter goes to stderr
     print(result.stdout, end="")
     if result.returncode != 0:
