@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from seldon_core.flask_utils import SeldonMicroserviceException
-from seldon_core.user_model import SeldonComponent
+from seldon_core.user_model import SeldonComponent, SeldonNotImplementedError
 from seldon_core.utils import construct_response_json
 
 logger = logging.getLogger(__name__)
@@ -74,6 +74,8 @@ class MLFlowServer(SeldonComponent):
         """Validate a SeldonMessage (``ndarray`` or ``tensor``) into a DataFrame in signature order."""
         if not isinstance(request, dict):
             raise BadRequest("the request must be a JSON object with a 'data' field")
+        if not isinstance(request.get("meta", {}), dict):
+            raise BadRequest("'meta' must be an object")
         data = request.get("data")
         if not isinstance(data, dict):
             raise BadRequest("the request needs a 'data' object holding 'ndarray' or 'tensor'")
@@ -92,11 +94,9 @@ class MLFlowServer(SeldonComponent):
                 raise BadRequest(f"row {i} has {len(row)} values, the model expects {n} features: {self.feature_names}")
             for j, value in enumerate(row):
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    label = names[j] if names else f"feature {j}"
-                    raise BadRequest(f"row {i}, {label!r}: {value!r} is not a number")
+                    raise BadRequest(f"row {i}, {self._label(names, j)!r}: {value!r} is not a number")
                 if not math.isfinite(value):
-                    label = names[j] if names else f"feature {j}"
-                    raise BadRequest(f"row {i}, {label!r}: {value} is not a finite number")
+                    raise BadRequest(f"row {i}, {self._label(names, j)!r}: {value} is not a finite number")
 
         values = np.asarray(rows, dtype="float64")
         if not names:  # like upstream: without names, columns are in signature order
@@ -110,14 +110,27 @@ class MLFlowServer(SeldonComponent):
             )
         return pd.DataFrame(values, columns=names)[self.feature_names]
 
+    def _label(self, names: list, j: int) -> str:
+        # without names, values are taken in signature order: name the feature that position means
+        return names[j] if j < len(names) else self.feature_names[j]
+
     def health_status(self) -> dict:
         if not self.ready:
             raise SeldonMicroserviceException("model not loaded yet", status_code=503, reason="MICROSERVICE_NOT_READY")
         return {"model_uri": self.model_uri, "features": len(self.feature_names)}
 
+    def send_feedback_raw(self, feedback):
+        # seldon-core has already counted the reward in seldon_api_model_feedback_* - except a
+        # reward of exactly 0 (or none at all), which it skips without a word. Say so.
+        if feedback.reward == 0:
+            raise BadRequest(
+                "feedback needs a non-zero 'reward': seldon-core does not count a reward of 0, "
+                "so this feedback would be lost"
+            )
+        raise SeldonNotImplementedError("default feedback handling")  # seldon-core answers as usual
+
     def send_feedback(self, features, feature_names, reward, truth, routing=None):
-        # The wrapper has already counted the reward in seldon_api_model_feedback_*; nothing to learn.
-        return []
+        return []  # a fixed model learns nothing from feedback; the metrics are the point
 
     def init_metadata(self) -> dict:
         return {"name": "mlflow-model", "platform": "mlflow", "versions": [self.model_uri]}
