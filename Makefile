@@ -37,7 +37,8 @@ train: setup
 	$(BIN)/python -m training.arms
 
 run: setup
-	$(BIN)/python -m scripts.run_notebook
+	$(BIN)/python scripts/run_notebook.py
+	$(BIN)/python scripts/mlflow_ui_screenshot.py
 
 test: setup
 	$(BIN)/python -m pytest
