@@ -116,6 +116,9 @@ def error_rate(code_class: str, window: str, deployment: str = DEFAULT_DEPLOYMEN
 
     Falls back to 0 for arms with traffic but no such errors, so the panel shows a measured zero
     rather than "No data" (which is what the original dashboard's ``status`` filter always gave).
+    A limit of every rate() panel: a labelled series is born at its first increment, so the very
+    first errors with a new ``code`` on a process are a jump from "no series" that rate() cannot
+    see; the next ones show. (The cure is in the exporter: create the series at 0 at start.)
     """
     if code_class not in ("4", "5"):
         raise ValueError(f"code_class must be '4' or '5', got {code_class!r}")
@@ -161,7 +164,8 @@ def panels(window: str, deployment: str = DEFAULT_DEPLOYMENT) -> list[Panel]:
               "(the original dashboard filtered on `status`, which does not exist).",
               (("success", "", success_ratio(window, deployment)),)),
         Panel("errors", "4xx / 5xx per second", "reqps",
-              "Client and server errors per second per predictor; 0 when there were none.",
+              "Client and server errors per second per predictor; 0 when there were none. The first errors "
+              "with a new code on a pod create their series and are not visible to rate().",
               (("errors_4xx", " 4xx", error_rate("4", window, deployment)),
                ("errors_5xx", " 5xx", error_rate("5", window, deployment)))),
         Panel("latency", "Model latency p50 / p90 / p99", "s",
@@ -478,7 +482,9 @@ class Verdict:
         """Requests per arm still missing for the target power (0 when there are enough)."""
         return max(0.0, self.required_n - min(self.n))
 
+    @property
     def sentence(self) -> str:
+        """The verdict in one sentence, with the numbers it rests on."""
         a, b = self.stats[self.first], self.stats[self.second]
         p = f"{self.p_value:.3f}" if self.p_value >= 0.001 else f"{self.p_value:.1e}"
         level = f"{self.confidence * 100:g}%"
@@ -496,7 +502,7 @@ class Verdict:
         return f"no decision between {self.first} and {self.second}: {numbers}; {need}."
 
     def __str__(self) -> str:
-        return self.sentence()
+        return self.sentence
 
 
 def verdict(log, arms: tuple[str, str] | None = None, alpha: float = 0.05, power_target: float = 0.8,
@@ -707,7 +713,8 @@ def cross_check(log, url: str, since: float | None = None, until: float | None =
       starts from 0 and is summed with the old one; should a restarted process reuse a series
       (same pid), the drop in value marks the reset and counting restarts from the new value.
       What the old process counted after its last scrape died with it: that shows up here as a
-      mismatch, which is the truth - Prometheus lost those rewards.
+      mismatch, which is the truth - Prometheus lost those rewards. So does a feedback that timed
+      out (no 200 in the log) although the server counted it.
 
     A mismatch raises ``CrossCheckError`` naming both numbers per arm; returns the table otherwise.
     """
@@ -800,7 +807,7 @@ def dashboard_expressions(document: dict) -> list[tuple[str, str, str]]:
 def report(log, alpha: float = 0.05) -> str:
     """Per-arm table, verdict and (for ingress logs) the attribution, as text."""
     result = verdict(log, alpha=alpha)
-    parts = [stats_table(result.stats).to_string(float_format=lambda v: f"{v:.3f}"), "", result.sentence()]
+    parts = [stats_table(result.stats).to_string(float_format=lambda v: f"{v:.3f}"), "", result.sentence]
     rows = read_log(log)
     if "feedback_arm" in rows.columns and "feedback_status" in rows.columns:
         parts += ["", attribution(rows).summary()]

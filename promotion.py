@@ -50,6 +50,11 @@ class Outcome:
     entry: dict | None = None  # what was recorded (promote) or restored (rollback)
     applied: dict | None = None  # the local gateway's answer, when a stack was running
 
+    @property
+    def promoted(self) -> bool:
+        """True when ``promote`` made a promotion (False for "no decision" and for rollbacks)."""
+        return self.changed and self.verdict is not None
+
     def __str__(self) -> str:
         return self.message
 
@@ -137,7 +142,7 @@ def promote(log, manifest: str | Path = DEFAULT_MANIFEST, record: str | Path = D
     manifest, record = Path(manifest), Path(record)
     result = analysis.verdict(log, alpha=alpha)
     if not result.significant:
-        return Outcome(False, f"nothing changed - {result.sentence()}", result)
+        return Outcome(False, f"nothing changed - {result.sentence}", result)
 
     deployment = sdep.load(manifest)
     names = [p.name for p in deployment.predictors]
@@ -150,7 +155,7 @@ def promote(log, manifest: str | Path = DEFAULT_MANIFEST, record: str | Path = D
     split = {p: 100 if p == winner.name else 0 for p in names}
     if previous == version and deployment.traffic == split:
         return Outcome(False, f"nothing changed - {winner.name} (version {version}) is already champion with all the traffic. "
-                              f"{result.sentence()}", result)
+                              f"{result.sentence}", result)
 
     _point_champion(name, version)
     try:
@@ -161,7 +166,7 @@ def promote(log, manifest: str | Path = DEFAULT_MANIFEST, record: str | Path = D
     entry = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "log": str(log) if isinstance(log, (str, Path)) else "<DataFrame>",
-        "verdict": result.sentence(),
+        "verdict": result.sentence,
         "manifest": str(manifest.resolve()),
         "model": name,
         "alias": CHAMPION,
@@ -179,7 +184,7 @@ def promote(log, manifest: str | Path = DEFAULT_MANIFEST, record: str | Path = D
     where = "the local gateway applied it" if applied else "no local stack serves it: on a cluster, `kubectl apply -f` it"
     message = (
         f"promoted {winner.name}: {name}@{CHAMPION} -> version {version} (was {previous or 'unset'}); "
-        f"traffic {_split(old_split)} -> {_split(split)} in {manifest} ({where}). {result.sentence()}"
+        f"traffic {_split(old_split)} -> {_split(split)} in {manifest} ({where}). {result.sentence}"
     )
     return Outcome(True, message, result, entry, applied)
 

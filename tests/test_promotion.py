@@ -1,0 +1,189 @@
+"""promotion.py on a stack of its own: model-a (@a) against model-b serving the mean-predicting
+model (@worse), the real MLflow registry of the session and the real gateway."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+
+import pandas as pd
+import pytest
+import requests
+
+import analysis
+import feedback
+import promotion
+from serving import deployment as sdep
+from tests.traffic import send_many
+
+pytestmark = pytest.mark.stack
+
+WORSE = {"alpha": 100.0, "l1_ratio": 1.0}  # so much regularisation that it predicts the mean
+MODEL = "wines-classifier"
+
+
+def ensure_worse_arm(trained_arms):
+    """Register the mean-predicting model as @worse once per session (16 s of `mlflow run`)."""
+    from training.tracking import aliases, run_arm, version_for_alias
+
+    if "worse" in aliases() and version_for_alias("worse").tags.get("alpha") == str(WORSE["alpha"]):
+        return version_for_alias("worse")
+    return run_arm(alias="worse", **WORSE)
+
+
+@pytest.fixture(scope="module")
+def duo(trained_arms, tmp_path_factory):
+    """The repository's manifest with model-b pointed at @worse (comments and layout kept)."""
+    from ruamel.yaml import YAML
+
+    from serving.local import LocalStack
+
+    ensure_worse_arm(trained_arms)
+    folder = tmp_path_factory.mktemp("duo")
+    manifest = folder / "model-a-b.yaml"
+    yaml = YAML()
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    document = yaml.load((analysis.REPO / "serving" / "model-a-b.yaml").read_text())
+    document["spec"]["predictors"][1]["graph"]["modelUri"] = f"models:/{MODEL}@worse"
+    with open(manifest, "w") as f:
+        yaml.dump(document, f)
+    running = LocalStack.up(manifest, port=0, state_dir=folder / "stack", timeout=300)
+    yield running, manifest
+    running.down()
+
+
+@pytest.fixture(scope="module")
+def decisive_log(duo, tmp_path_factory):
+    """Every hold-out row replayed twice at 50/50: ~1,225 requests per arm, ~99.7% power."""
+    stack, _ = duo
+    folder = tmp_path_factory.mktemp("logs")
+    endpoints = feedback.Endpoints.local(stack.state_dir)
+    runs = [feedback.replay(endpoints, log_path=folder / f"pass-{i}.csv", progress=False) for i in (1, 2)]
+    path = folder / "decisive.csv"
+    pd.concat([r.log for r in runs], ignore_index=True).to_csv(path, index=False)
+    verdict = analysis.verdict(path)
+    assert verdict.winner == "model-a", f"the precondition of these tests failed: {verdict.sentence}"
+    return path
+
+
+@pytest.fixture
+def registry_clean(duo):
+    """No champion before a test; none left behind after it, whatever happened."""
+    promotion._point_champion(MODEL, None)
+    yield
+    promotion._point_champion(MODEL, None)
+
+
+def gateway_traffic(stack) -> dict:
+    return requests.get(f"http://{stack.gateway_endpoint}/admin/status", timeout=5).json()["traffic"]
+
+
+def served_by(stack, n=200) -> Counter:
+    results = send_many(f"{stack.ingress_url}/predictions", n, concurrency=8)
+    assert {r.status for r in results} == {200}
+    return Counter(r.arm for r in results)
+
+
+def version_of(alias: str) -> str:
+    from training.tracking import version_for_alias
+
+    return str(version_for_alias(alias).version)
+
+
+def test_no_decision_changes_nothing_and_says_how_many_requests_are_missing(duo, decisive_log, registry_clean, tmp_path, capsys):
+    stack, manifest = duo
+    # two arms with the same model's outcomes (one request fewer): nothing to decide
+    a = pd.read_csv(decisive_log).query("arm == 'model-a'")
+    twin = a.assign(arm="model-b", feedback_arm="model-b").drop(index=a["reward"].idxmax())
+    log = tmp_path / "same.csv"
+    pd.concat([a, twin]).to_csv(log, index=False)
+    before, record = manifest.read_bytes(), tmp_path / "promotions.json"
+
+    outcome = promotion.promote(log, manifest, record, stack.state_dir)
+    assert not outcome.promoted and not outcome.changed
+    assert outcome.message.startswith("nothing changed - no decision")
+    assert f"{outcome.verdict.required_n:,.0f} requests per arm" in outcome.message
+    assert "more than the smaller arm had" in outcome.message
+    assert promotion.champion(MODEL) is None and manifest.read_bytes() == before and not record.exists()
+    assert gateway_traffic(stack) == {"model-a": 50, "model-b": 50}
+
+    code = promotion.main(["promote", "--log", str(log), "--manifest", str(manifest), "--record", str(record),
+                           "--state-dir", str(stack.state_dir)])
+    assert code == 3 and "nothing changed" in capsys.readouterr().out
+    assert promotion.champion(MODEL) is None and manifest.read_bytes() == before and not record.exists()
+
+
+def test_promotion_moves_alias_and_split_the_gateway_serves_100_0_and_rollback_restores_both(
+        duo, decisive_log, registry_clean, tmp_path):
+    stack, manifest = duo
+    before, record = manifest.read_bytes(), tmp_path / "promotions.json"
+
+    outcome = promotion.promote(decisive_log, manifest, record, stack.state_dir)
+    assert outcome.promoted, outcome.message
+    assert promotion.champion(MODEL) == version_of("a")
+    assert sdep.load(manifest).traffic == {"model-a": 100, "model-b": 0}
+    assert outcome.applied["traffic"] == gateway_traffic(stack) == {"model-a": 100, "model-b": 0}
+    assert served_by(stack) == Counter({"model-a": 200})
+    [entry] = promotion.history(manifest, record)
+    assert entry["previous_version"] is None and entry["previous_split"] == {"model-a": 50, "model-b": 50}
+
+    undone = promotion.rollback(manifest, record, stack.state_dir)
+    assert undone.changed and not undone.promoted
+    assert promotion.champion(MODEL) is None  # there was none before
+    assert manifest.read_bytes() == before  # the very same file, comments and all
+    assert gateway_traffic(stack) == {"model-a": 50, "model-b": 50}
+    arms = served_by(stack)
+    assert arms["model-a"] > 50 and arms["model-b"] > 50, arms  # P(fail) < 1e-12 at 50/50
+    assert promotion.history(manifest, record) == []
+    with pytest.raises(promotion.PromotionError, match="nothing to roll back"):
+        promotion.rollback(manifest, record, stack.state_dir)
+
+
+def test_rollback_restores_a_previous_champion_and_refuses_to_clobber_a_later_change(
+        duo, decisive_log, registry_clean, tmp_path):
+    stack, manifest = duo
+    before, record = manifest.read_bytes(), tmp_path / "promotions.json"
+    promotion._point_champion(MODEL, version_of("worse"))  # yesterday's champion
+
+    assert promotion.promote(decisive_log, manifest, record, stack.state_dir).promoted
+    assert promotion.champion(MODEL) == version_of("a")
+    sdep.set_traffic(manifest, {"model-a": 90, "model-b": 10})  # someone edits the split by hand
+
+    with pytest.raises(promotion.PromotionError, match=r"traffic is 90/10"):
+        promotion.rollback(manifest, record, stack.state_dir)
+    assert promotion.champion(MODEL) == version_of("a") and sdep.load(manifest).traffic == {"model-a": 90, "model-b": 10}
+
+    promotion.rollback(manifest, record, stack.state_dir, force=True)
+    assert promotion.champion(MODEL) == version_of("worse")
+    assert manifest.read_bytes() == before
+    assert gateway_traffic(stack) == {"model-a": 50, "model-b": 50}
+
+
+def test_promotion_refuses_a_log_whose_arms_the_manifest_does_not_have(duo, decisive_log, registry_clean, tmp_path):
+    stack, manifest = duo
+    log = pd.read_csv(decisive_log).replace({"model-a": "model-x", "model-b": "model-y"})
+    before = manifest.read_bytes()
+    with pytest.raises(promotion.PromotionError, match=r"\['model-x', 'model-y'\] are not predictors"):
+        promotion.promote(log, manifest, tmp_path / "promotions.json", stack.state_dir)
+    assert promotion.champion(MODEL) is None and manifest.read_bytes() == before
+
+
+def test_cli_promote_and_rollback(duo, decisive_log, registry_clean, tmp_path):
+    stack, manifest = duo
+    before = manifest.read_bytes()
+    common = ["--manifest", str(manifest), "--record", str(tmp_path / "promotions.json"), "--state-dir", str(stack.state_dir)]
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "promotion.py", *args, *common], cwd=analysis.REPO,
+                              capture_output=True, text=True, timeout=120)
+
+    done = cli("promote", "--log", str(decisive_log))
+    assert done.returncode == 0 and done.stdout.startswith("promoted model-a"), done.stdout + done.stderr
+    assert gateway_traffic(stack) == {"model-a": 100, "model-b": 0} and promotion.champion(MODEL) == version_of("a")
+    undone = cli("rollback")
+    assert undone.returncode == 0 and undone.stdout.startswith("rolled back"), undone.stdout + undone.stderr
+    assert gateway_traffic(stack) == {"model-a": 50, "model-b": 50} and promotion.champion(MODEL) is None
+    assert manifest.read_bytes() == before
+    bad = cli("rollback")
+    assert bad.returncode == 1 and "nothing to roll back" in bad.stderr
