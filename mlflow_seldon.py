@@ -55,6 +55,7 @@ INGRESS = "localhost:8080"  # host:port of the Istio ingress gateway (e.g. after
 # Quality data (white wines; Cortez et al. 2009, CC BY 4.0), downloaded once and cached.
 
 # %%
+# %matplotlib inline
 import warnings
 
 warnings.filterwarnings("ignore", category=UserWarning)  # MLflow's notices about pip/conda
@@ -122,11 +123,15 @@ latest[["tags.mlflow.runName", "params.alpha", "params.l1_ratio", "metrics.rmse"
 # *`mlflow ui --backend-store-uri sqlite:///mlflow.db` shows the same runs
 # (screenshot taken by `scripts/mlflow_ui_screenshot.py` in a headless Chromium).*
 #
-# The registered model's `MLmodel` file tells a server how to load it; the signature is what our
-# model server checks every request against:
+# The registered model's `MLmodel` file tells a server how to load it (its flavors) and what it
+# expects (its signature — what our model server checks every request against). It also names
+# the run that logged it, which is how the registry links `@a` back to its parameters.
 
 # %%
-print(open(mlflow.artifacts.download_artifacts(f"models:/{tracking.MODEL_NAME}@a") + "/MLmodel").read())
+import yaml
+
+mlmodel = yaml.safe_load(open(mlflow.artifacts.download_artifacts(tracking.model_uri("a")) + "/MLmodel"))
+print(yaml.safe_dump({key: mlmodel[key] for key in ("flavors", "signature", "mlflow_version")}, sort_keys=False))
 
 # %%
 display(Markdown(
@@ -226,14 +231,15 @@ print(answer.response)
 # The held-out rows stand in for production traffic: the models never trained on them. For each
 # row, `feedback.py` predicts through the ingress, reads the serving arm from `meta.requestPath`,
 # computes a reward, and sends the feedback **to that arm's own endpoint**. The reward is
-# `1 / (1 + (y − ŷ)²)`: the original example's `1 / (y − ŷ)²` made bounded, in (0, 1], so one
-# lucky guess cannot dominate an average (see `feedback.reward`).
+# `exp(−(y − ŷ)² / 2)`, in (0, 1]: 1 for an exact prediction, 0.61 one quality point off. The
+# original example's `1 / (y − ŷ)²` is unbounded, so one lucky guess dominates an average
+# (`feedback.reward` explains the choice).
 
 # %%
 baseline = analysis.mark(prometheus_url)  # Prometheus has read every counter: count from here
 replay_start = time.time()
 replay = feedback.replay(endpoints, limit=REPLAY_LIMIT, concurrency=CONCURRENCY, feedback_via="arm",
-                         log_path=Path(WORK_DIR) / "feedback-arm.csv")
+                         log_path=Path(WORK_DIR) / "feedback-arm.csv", progress=False)
 replay_end = time.time()
 print(replay.summary())
 
@@ -299,7 +305,8 @@ display(Markdown(
 # requests the test needs. `python promotion.py rollback` undoes it.
 
 # %%
-outcome = promotion.promote(replay.log, manifest=manifest)
+outcome = promotion.promote(replay.log, manifest=manifest, record=Path(WORK_DIR) / "promotions.json",
+                            state_dir=STATE_DIR)
 print(outcome)
 
 # %%

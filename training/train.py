@@ -53,7 +53,7 @@ def main(argv=None) -> None:
     r2 = float(r2_score(holdout[TARGET], predicted))
 
     name = f"elasticnet-alpha-{args.alpha:g}-l1-{args.l1_ratio:g}"
-    with mlflow.start_run() as run:  # resumes the run that `mlflow run` created
+    with mlflow.start_run():  # resumes the run that `mlflow run` created
         mlflow.set_tag("mlflow.runName", name)
         mlflow.log_params(
             {
@@ -80,7 +80,7 @@ def main(argv=None) -> None:
         if args.alias:
             client.set_registered_model_alias(MODEL_NAME, args.alias, version)
 
-    print(f"run {name} ({run.info.run_id})")
+    print(f"run {name}")
     print(f"  alpha={args.alpha:g} l1_ratio={args.l1_ratio:g}  hold-out: RMSE={rmse:.4f} MAE={mae:.4f} R2={r2:.4f}")
     alias = f" @{args.alias}" if args.alias else ""
     print(f"  registered {MODEL_NAME} version {version}{alias}")
