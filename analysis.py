@@ -807,7 +807,13 @@ def dashboard_expressions(document: dict) -> list[tuple[str, str, str]]:
 def report(log, alpha: float = 0.05) -> str:
     """Per-arm table, verdict and (for ingress logs) the attribution, as text."""
     result = verdict(log, alpha=alpha)
-    parts = [stats_table(result.stats).to_string(float_format=lambda v: f"{v:.3f}"), "", result.sentence]
+    need = "no finite number (no difference)" if math.isinf(result.required_n) else f"{result.required_n:,.0f}"
+    parts = [
+        stats_table(result.stats).to_string(float_format=lambda v: f"{v:.3f}"), "", result.sentence,
+        f"RMSE {result.first} - {result.second}: {result.rmse_difference:.3f} (95% CI {result.rmse_difference_ci[0]:.3f} "
+        f"to {result.rmse_difference_ci[1]:.3f}, BCa bootstrap); requests per arm for {result.power_target:.0%} power "
+        f"at the observed difference: {need}",
+    ]
     rows = read_log(log)
     if "feedback_arm" in rows.columns and "feedback_status" in rows.columns:
         parts += ["", attribution(rows).summary()]
@@ -819,18 +825,22 @@ def main(argv=None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("dashboard", help="print the Grafana dashboard JSON (serving/grafana/ab-test.json)")
     rep = commands.add_parser("report", help="per-arm statistics and the verdict from a feedback log")
-    rep.add_argument("log", help="a CSV log written by feedback.py")
+    rep.add_argument("logs", nargs="+", metavar="log", help="CSV log(s) written by feedback.py, each reported on its own")
     rep.add_argument("--alpha", type=float, default=0.05)
     args = parser.parse_args(argv)
     if args.command == "dashboard":
         sys.stdout.write(dashboard_json())
         return 0
-    try:
-        print(report(args.log, args.alpha))
-    except (LogError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    failed = 0
+    for i, log in enumerate(args.logs):
+        if len(args.logs) > 1:
+            print(("\n" if i else "") + f"== {log}")
+        try:
+            print(report(log, args.alpha))
+        except (LogError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed = 1
+    return failed
 
 
 if __name__ == "__main__":

@@ -398,3 +398,18 @@ def test_cross_check_is_exact_across_a_model_server_restart_and_names_a_mismatch
     n_a = int((log["feedback_arm"] == "model-a").sum())
     with pytest.raises(analysis.CrossCheckError, match=f"model-a: log {n_a - 3} accepted, Prometheus counted {n_a}"):
         analysis.cross_check(short, url, since=since, until=end)
+
+
+def test_report_cli_prints_the_table_and_the_verdict(populations, tmp_path):
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(1)
+    log = tmp_path / "log.csv"
+    synthetic_log({"model-a": rng.choice(populations["model-a"], 2000),
+                   "model-b": rng.choice(populations["model-worse"], 2000)}).to_csv(log, index=False)
+    run = subprocess.run([sys.executable, "-m", "analysis", "report", str(log), str(tmp_path / "missing.csv")],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and "cannot read the feedback log" in run.stderr  # the missing one
+    assert "model-a wins: mean reward" in run.stdout and "RMSE model-a - model-b" in run.stdout
+    assert "100.0% of 4000 rewards landed on the arm that served" in run.stdout
