@@ -5,7 +5,7 @@
 
 For each hold-out row (rows the models never trained on, from ``training.data.split_holdout``):
 
-1. predict through the ingress with ``SeldonClient`` - the traffic split picks the arm;
+1. predict through the ingress (SeldonClient's message) - the traffic split picks the arm;
 2. read which arm answered from the response's ``meta.requestPath`` (its graph node name);
 3. compute a bounded reward from the true quality (see ``reward``);
 4. send the feedback to *that arm's own endpoint* - the predictor's Service on a cluster, its
@@ -15,11 +15,22 @@ For each hold-out row (rows the models never trained on, from ``training.data.sp
 5. write one line per request to a CSV log (request id, arm, truth, prediction, reward, ...)
    for the analysis. A failed request is retried when that is safe, otherwise counted and
    reported - never dropped silently.
+
+The messages are SeldonClient's: the JSON that ``SeldonClient.predict(data=row, names=FEATURES,
+payload_type="ndarray")`` and ``SeldonClient.feedback(prediction_request, prediction_response,
+reward)`` post, to the same paths (``gateway="istio"`` for the ingress, ``gateway="seldon"`` for
+an arm's endpoint; tests/reliability checks the bodies are identical). Only the transport
+differs: SeldonClient opens a new connection with a new ``requests`` session for every call,
+and its protobuf round trips are pure Python here - about 5 ms of client CPU per call, which made
+the client, not the servers, the bottleneck (bench/README.md). The replay keeps connections
+alive on one asyncio event loop instead (aiohttp), ``concurrency`` rows in flight.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import math
 import sys
 import time
@@ -27,9 +38,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 import pandas as pd
-from seldon_core.seldon_client import SeldonClient
 from tqdm.auto import tqdm
 
 from training.data import FEATURES, SEED, TARGET, load_wine_quality, split_holdout
@@ -134,105 +145,160 @@ class ReplayResult:
 
 # ------------------------------------------------------------------------------------ replay
 class Replayer:
-    def __init__(self, endpoints: Endpoints, feedback_via: str = "arm", retries: int = 3):
+    def __init__(self, endpoints: Endpoints, feedback_via: str = "arm", retries: int = 3, timeout: float = 30.0):
         if feedback_via not in ("arm", "ingress"):
             raise ValueError(f"feedback_via must be 'arm' or 'ingress', got {feedback_via!r}")
         self.endpoints = endpoints
         self.feedback_via = feedback_via
         self.retries = retries
-        self.ingress = SeldonClient(
-            gateway="istio", transport="rest", gateway_endpoint=endpoints.gateway,
-            namespace=endpoints.namespace, deployment_name=endpoints.deployment, client_return_type="proto",
-        )
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        # SeldonClient(gateway="istio") posts to the ingress path; gateway="seldon" to /api/v1.0/...
+        ingress = f"http://{endpoints.gateway}/seldon/{endpoints.namespace}/{endpoints.deployment}/api/v1.0"
+        self.predict_url = f"{ingress}/predictions"
+        self.ingress_feedback_url = f"{ingress}/feedback"
         # the predictor's own endpoint speaks the executor's API: /api/v1.0/{predictions,feedback}
-        self.arms = {
-            name: SeldonClient(gateway="seldon", transport="rest", gateway_endpoint=address, client_return_type="proto")
-            for name, address in endpoints.predictors.items()
-        }
+        self.arm_feedback_urls = {name: f"http://{address}/api/v1.0/feedback" for name, address in endpoints.predictors.items()}
 
-    def one(self, request_id: int, features: np.ndarray, truth: float) -> dict:
+    async def _post(self, session: aiohttp.ClientSession, url: str, body: dict) -> tuple[int, dict | None, str]:
+        """POST JSON; (status, parsed body or None, error text). Raises only when no answer came."""
+        async with session.post(url, data=json.dumps(body), headers=JSON_HEADERS, timeout=self.timeout) as response:
+            text = await response.text()
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                parsed = None
+            error = "" if response.status == 200 else f"{response.status}:{response.reason} {text[:200]}".strip()
+            return response.status, parsed if isinstance(parsed, dict) else None, error
+
+    async def one(self, session: aiohttp.ClientSession, request_id: int, features: np.ndarray, truth: float) -> dict:
         row = {"request_id": request_id, "truth": truth, "feedback_via": self.feedback_via, "attempts": 0, "error": ""}
+        request = prediction_request(features)
         # 1. predict through the ingress; retrying a prediction is harmless
         start = time.perf_counter()
-        prediction, status, error = None, None, ""
+        response, status, error = None, None, ""
         for attempt in range(1, self.retries + 2):
             row["attempts"] = attempt
             try:
-                prediction = self.ingress.predict(data=features, names=FEATURES, payload_type="ndarray")
-                status = _status(prediction)
-                if prediction.success:
+                status, response, error = await self._post(session, self.predict_url, request)
+                if status == 200 and response is not None:
                     break
-                error = f"predict: {prediction.msg}"
-            except Exception as e:  # connection refused, reset...: nothing reached a model
-                status, error = None, f"predict: {type(e).__name__}: {e}"
-            time.sleep(0.05 * 2**attempt)
+                error = f"predict: {error or 'the answer is not a JSON object'}"
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:  # no answer at all
+                status, response, error = None, None, f"predict: {type(e).__name__}: {e}"
+            await asyncio.sleep(0.05 * 2**attempt)
         row["predict_ms"] = (time.perf_counter() - start) * 1000
         row["predict_status"] = status
-        if prediction is None or not prediction.success:
+        if status != 200 or response is None:
             row["error"] = error
             return row
 
         # 2. which arm answered, and what it said
-        path = dict(prediction.response.meta.requestPath)
+        path = response.get("meta", {}).get("requestPath") or {}
         node = next(iter(path), "")
         row["node"] = node
         row["arm"] = self.endpoints.nodes.get(node, "")
         if not row["arm"]:
             row["error"] = f"response names no known graph node in meta.requestPath: {path}"
             return row
-        row["prediction"] = float(_first_value(prediction.response))
+        try:
+            row["prediction"] = _first_value(response)
+        except (KeyError, IndexError, TypeError, ValueError) as e:
+            row["error"] = f"the prediction holds no number: {type(e).__name__}: {e}"
+            return row
         # 3. the reward
         row["reward"] = reward(truth, row["prediction"])
         # 4. feedback to the arm that served (or, to measure the flaw, through the ingress)
-        client = self.arms[row["arm"]] if self.feedback_via == "arm" else self.ingress
+        url = self.arm_feedback_urls[row["arm"]] if self.feedback_via == "arm" else self.ingress_feedback_url
+        body = feedback_message(request, response, row["reward"])
         start = time.perf_counter()
         for attempt in range(1, self.retries + 2):
             try:
-                sent = client.feedback(
-                    prediction_request=prediction.request, prediction_response=prediction.response, reward=row["reward"],
-                )
-            except Exception as e:  # the request never got an answer: safe to send again
+                status, answer, error = await self._post(session, url, body)
+            except asyncio.TimeoutError:
+                # the request may have been counted: report it, never send it twice
+                row["feedback_status"], row["error"] = None, f"feedback: no answer within {self.timeout.total:g} s"
+                break
+            except aiohttp.ClientError as e:  # the request never got an answer: safe to send again
                 row["feedback_status"], row["error"] = None, f"feedback: {type(e).__name__}: {e}"
-                time.sleep(0.05 * 2**attempt)
+                await asyncio.sleep(0.05 * 2**attempt)
                 continue
-            row["feedback_status"] = _status(sent)
-            if sent.success:
+            row["feedback_status"] = status
+            if status == 200:
                 row["error"] = ""
-                served = dict(sent.response.meta.requestPath) if sent.response is not None else {}
+                served = (answer or {}).get("meta", {}).get("requestPath") or {}
                 row["feedback_arm"] = self.endpoints.nodes.get(next(iter(served), ""), "")
                 break
-            row["error"] = f"feedback: {sent.msg}"
+            row["error"] = f"feedback: {error}"
             # 503: the gateway could not reach the arm, nothing was counted - retry.
             # Anything else (a 504 may have been counted) is reported, not re-sent twice.
-            if row["feedback_status"] != 503:
+            if status != 503:
                 break
-            time.sleep(0.05 * 2**attempt)
+            await asyncio.sleep(0.05 * 2**attempt)
         row["feedback_ms"] = (time.perf_counter() - start) * 1000
         return row
+
+    async def _replay(self, features: np.ndarray, truths: np.ndarray, ids: np.ndarray, concurrency: int,
+                      progress: bool) -> list[dict]:
+        connector = aiohttp.TCPConnector(limit=concurrency * 2, keepalive_timeout=1.5)
+        semaphore = asyncio.Semaphore(concurrency)
+        bar = tqdm(total=len(ids), desc="replay", unit="req", disable=not progress)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def bounded(i: int) -> dict:
+                async with semaphore:
+                    row = await self.one(session, int(ids[i]), features[i : i + 1], float(truths[i]))
+                bar.update()
+                return row
+
+            try:
+                # rows start in order; gather keeps the log in that order
+                return await asyncio.gather(*(bounded(i) for i in range(len(ids))))
+            finally:
+                bar.close()
 
     def replay(self, rows: pd.DataFrame, concurrency: int = 8, progress: bool = True) -> pd.DataFrame:
         features = rows[FEATURES].to_numpy(dtype="float64")
         truths = rows[TARGET].to_numpy(dtype="float64")
         ids = rows.index.to_numpy()
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            futures = [pool.submit(self.one, int(ids[i]), features[i : i + 1], float(truths[i])) for i in range(len(rows))]
-            results = [f.result() for f in tqdm(futures, total=len(futures), desc="replay", unit="req", disable=not progress)]
+        coro = self._replay(features, truths, ids, concurrency, progress)
+        # an event loop of its own, in a thread: a notebook's kernel already runs one here
+        with ThreadPoolExecutor(max_workers=1) as thread:
+            results = thread.submit(_run, coro).result()
         return pd.DataFrame(results, columns=LOG_COLUMNS)
 
 
-def _status(result) -> int | None:
-    if result.success:
-        return 200
-    head = str(result.msg).split(":", 1)[0]
-    return int(head) if head.isdigit() else None
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
-def _first_value(message) -> float:
-    data = message.data
-    if data.HasField("tensor"):
-        return data.tensor.values[0]
-    values = data.ndarray.values[0]
-    return values.number_value if values.HasField("number_value") else values.list_value.values[0].number_value
+def _run(coro):
+    try:
+        import uvloop  # less client CPU per request, when installed
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def prediction_request(features: np.ndarray) -> dict:
+    """What ``SeldonClient.predict(data=features, names=FEATURES, payload_type="ndarray")`` posts.
+
+    SeldonClient builds a SeldonMessage proto and converts it to this JSON; the dict is built
+    directly here (tests/reliability checks both are the same).
+    """
+    return {"data": {"names": FEATURES, "ndarray": features.tolist()}, "meta": {}}
+
+
+def feedback_message(request: dict, response: dict, reward_value: float) -> dict:
+    """What ``SeldonClient.feedback(prediction_request, prediction_response, reward)`` posts: a
+    Feedback message holding the request, the response as the server sent it, and the reward."""
+    return {"request": request, "response": response, "reward": reward_value}
+
+
+def _first_value(response: dict) -> float:
+    data = response["data"]
+    if "tensor" in data:
+        return float(data["tensor"]["values"][0])
+    value = data["ndarray"][0]
+    return float(value[0] if isinstance(value, list) else value)
 
 
 def holdout_rows(seed: int = SEED, limit: int | None = None) -> pd.DataFrame:

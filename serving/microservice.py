@@ -11,13 +11,26 @@ set it. gRPC and the Flask debug server cannot be rebound this way, so they are 
 
 One more difference: JSON nested thousands of levels deep makes Flask's parser raise
 RecursionError, which seldon-core turns into a 500; here it is the 400 it deserves.
+
+And three about seldon-core's metrics (``SeldonMetrics``), which keeps every counter in a
+``multiprocessing.Manager`` process and pays several round trips to it per update (a py-spy
+profile put them at a third of a 1-row prediction's time; bench/README.md):
+
+- after every ``predict_raw`` seldon-core "updates" the custom metrics even when the response
+  carries none: that no-op is skipped;
+- a feedback updates its two counters (count, reward) in one update instead of two;
+- ``update`` is a read-modify-write of the worker's entry keyed by pid. With
+  ``GUNICORN_THREADS`` > 1 two threads of one worker can interleave and one increment is lost
+  (a feedback missing from ``seldon_api_model_feedback_total``); a per-process lock makes each
+  update whole. Different workers have different pids, so they never touch the same entry.
 """
 
 import os
 import sys
+import threading
 
 from flask import jsonify
-from seldon_core import gunicorn_utils, microservice, wrapper
+from seldon_core import gunicorn_utils, metrics, microservice, seldon_methods, wrapper
 from seldon_core.flask_utils import SeldonMicroserviceException
 
 BIND_HOST = os.environ.get("SELDON_BIND_HOST", "127.0.0.1")
@@ -49,9 +62,43 @@ def _rest_microservice_with_json_limits(*args, **kwargs):
     return app
 
 
+_handle_raw_custom_metrics = seldon_methods.handle_raw_custom_metrics
+
+
+def _handle_raw_custom_metrics_if_any(msg, seldon_metrics, is_proto, method):
+    if isinstance(msg, dict) and not (isinstance(msg.get("meta"), dict) and msg["meta"].get("metrics")):
+        return  # nothing to record: skip the round trips to the Manager process
+    _handle_raw_custom_metrics(msg, seldon_metrics, is_proto, method)
+
+
+_update = metrics.SeldonMetrics.update
+_UPDATE_LOCK = threading.Lock()  # one per worker process (created before gunicorn forks, never held then)
+
+
+def _update_whole(self, custom_metrics, method):
+    with _UPDATE_LOCK:
+        _update(self, custom_metrics, method)
+
+
+def _update_reward_once(self, reward):
+    # seldon-core's own rule: a reward of 0 (or none) is not counted
+    if not reward or metrics.legacy_mode:
+        return
+    self.update(
+        [
+            {"type": "COUNTER", "key": metrics.FEEDBACK_KEY, "value": 1},
+            {"type": "COUNTER", "key": metrics.FEEDBACK_REWARD_KEY, "value": reward},
+        ],
+        metrics.FEEDBACK_METRIC_METHOD_TAG,
+    )
+
+
 def main() -> None:
     gunicorn_utils.StandaloneApplication.load_config = _load_config_on_host
     wrapper.get_rest_microservice = _rest_microservice_with_json_limits
+    seldon_methods.handle_raw_custom_metrics = _handle_raw_custom_metrics_if_any
+    metrics.SeldonMetrics.update = _update_whole
+    metrics.SeldonMetrics.update_reward = _update_reward_once
     os.environ["SELDON_DEBUG"] = "false"  # the debug server binds all interfaces
     sys.argv += ["--grpc-workers", "0"]  # the gRPC server binds all interfaces (argparse keeps the last)
     microservice.main()
