@@ -218,10 +218,16 @@ def instant_frame(url: str, expr: str, at: float | None = None, label: str = "pr
 
 
 def dashboard_frames(url: str, start: float, end: float, window: str | None = None,
-                     step: float = SCRAPE_INTERVAL_SECONDS, deployment: str = DEFAULT_DEPLOYMENT) -> dict[str, pd.DataFrame]:
-    """Every dashboard series over [start, end] (e.g. the replay's time window), keyed like ``queries``."""
-    window = window or rate_window(step)
-    return {key: range_frame(url, expr, start, end, step) for key, expr in queries(window, deployment).items()}
+                     step: float = 1.0, deployment: str = DEFAULT_DEPLOYMENT) -> dict[str, pd.DataFrame]:
+    """Every dashboard series around [start, end] (e.g. a replay's time window), keyed like ``queries``.
+
+    The range runs on by one rate window past ``end``: a rate at time t looks back one window,
+    so that is when the last requests of the replay leave the curves. The window defaults to 4x
+    the local scrape interval.
+    """
+    window = window or rate_window()
+    until = end + float(window.rstrip("s"))
+    return {key: range_frame(url, expr, start, until, step) for key, expr in queries(window, deployment).items()}
 
 
 # =========================================================================== figures

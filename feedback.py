@@ -73,9 +73,10 @@ def reward(truth: float, prediction: float) -> float:
     (``if not reward: return``) and stores rewards as float32: an enormous error must still count
     as one (bad) feedback, not vanish from the totals.
     """
-    error = float(truth) - float(prediction)
-    if not math.isfinite(error):
+    truth, prediction = float(truth), float(prediction)
+    if not (math.isfinite(truth) and math.isfinite(prediction)):
         raise ValueError(f"reward needs finite numbers, got truth={truth!r} prediction={prediction!r}")
+    error = truth - prediction  # may overflow to inf for huge inputs: exp(-inf) = 0, then the floor
     return max(math.exp(-0.5 * error * error), REWARD_FLOOR)
 
 
@@ -125,6 +126,8 @@ class ReplayResult:
     seconds: float
     path: Path | None = None
     failures: pd.DataFrame = field(default_factory=pd.DataFrame)
+    started: float = 0.0  # wall-clock (Unix) times of the replay, e.g. for Prometheus range queries
+    finished: float = 0.0
 
     @property
     def sent(self) -> int:
@@ -325,9 +328,9 @@ def replay(
         raise ValueError(f"limit must be at least 1, got {limit}")
     endpoints = endpoints or Endpoints.local()
     rows = holdout_rows(seed, limit)
-    start = time.perf_counter()
+    started, start = time.time(), time.perf_counter()
     log = Replayer(endpoints, feedback_via, retries).replay(rows, concurrency, progress)
-    seconds = time.perf_counter() - start
+    seconds, finished = time.perf_counter() - start, time.time()
     if log_path is None:
         RUNS_DIR.mkdir(exist_ok=True)
         log_path = RUNS_DIR / f"feedback-{feedback_via}-{time.strftime('%Y%m%d-%H%M%S')}.csv"
@@ -335,7 +338,7 @@ def replay(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log.to_csv(log_path, index=False)
     failures = log[log["feedback_status"] != 200]
-    return ReplayResult(log=log, seconds=seconds, path=log_path, failures=failures)
+    return ReplayResult(log=log, seconds=seconds, path=log_path, failures=failures, started=started, finished=finished)
 
 
 def main(argv=None) -> int:

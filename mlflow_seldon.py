@@ -61,7 +61,6 @@ import warnings
 warnings.filterwarnings("ignore", category=UserWarning)  # MLflow's notices about pip/conda
 warnings.filterwarnings("ignore", category=FutureWarning)
 
-import time
 from pathlib import Path
 
 import mlflow
@@ -237,10 +236,8 @@ print(answer.response)
 
 # %%
 baseline = analysis.mark(prometheus_url)  # Prometheus has read every counter: count from here
-replay_start = time.time()
 replay = feedback.replay(endpoints, limit=REPLAY_LIMIT, concurrency=CONCURRENCY, feedback_via="arm",
                          log_path=Path(WORK_DIR) / "feedback-arm.csv", progress=False)
-replay_end = time.time()
 print(replay.summary())
 
 # %% [markdown]
@@ -257,7 +254,7 @@ analysis.cross_check(replay.log, prometheus_url, since=baseline)
 # *Prediction Analytics* dashboard with its bugs fixed), run against Prometheus over the replay.
 
 # %%
-frames = analysis.dashboard_frames(prometheus_url, start=replay_start, end=replay_end)
+frames = analysis.dashboard_frames(prometheus_url, start=replay.started, end=replay.finished)
 verdict = analysis.verdict(replay.log)
 for name, figure in analysis.figures(frames, verdict).items():
     analysis.save(figure, name, IMAGES)

@@ -58,6 +58,18 @@ def trained_arms(tracking_store) -> dict:
     return train_arms()
 
 
+# so much regularisation that every coefficient is 0: the model predicts the training mean
+WORSE_ARM = {"alpha": 100.0, "l1_ratio": 1.0}
+
+
+@pytest.fixture(scope="session")
+def worse_arm(trained_arms):
+    """A clearly worse third arm, registered as @worse (one more `mlflow run`)."""
+    from training.tracking import run_arm
+
+    return run_arm(alias="worse", **WORSE_ARM)
+
+
 @pytest.fixture(scope="session")
 def stack_manifest(tmp_path_factory) -> Path:
     """A private copy of serving/model-a-b.yaml (tests edit its traffic)."""

@@ -25,9 +25,9 @@ from scipy import stats
 import analysis
 import feedback
 from serving import deployment as sdep
+from tests.conftest import WORSE_ARM
 
 REPO = analysis.REPO
-WORSE = {"alpha": 100.0, "l1_ratio": 1.0}  # so much regularisation that it predicts the mean
 
 
 # ============================================================================ reward
@@ -81,7 +81,7 @@ def populations() -> dict[str, np.ndarray]:
 
     train, holdout = split_holdout(load_wine_quality(), seed=SEED)
     errors = {}
-    for name, params in (("model-a", ARMS["a"]), ("model-worse", WORSE)):
+    for name, params in (("model-a", ARMS["a"]), ("model-worse", WORSE_ARM)):
         model = ElasticNet(alpha=params["alpha"], l1_ratio=params["l1_ratio"], random_state=SEED).fit(train[FEATURES], train[TARGET])
         errors[name] = (holdout[TARGET] - model.predict(holdout[FEATURES])).to_numpy()
     return errors
@@ -265,15 +265,6 @@ def test_feedback_through_the_ingress_lands_on_the_wrong_arm_measurably(stack, t
 
 
 # ============================================================================ a stack of our own
-def ensure_worse_arm(trained_arms):
-    """Register the mean-predicting model as @worse once per session (16 s of `mlflow run`)."""
-    from training.tracking import aliases, run_arm, version_for_alias
-
-    if "worse" in aliases() and version_for_alias("worse").tags.get("alpha") == str(WORSE["alpha"]):
-        return version_for_alias("worse")
-    return run_arm(alias="worse", **WORSE)
-
-
 def write_manifest(path, arms: list[tuple[str, str, int]]):
     """The repository's manifest with predictors (name, registry alias, traffic), style kept."""
     from ruamel.yaml import YAML
@@ -296,11 +287,10 @@ def write_manifest(path, arms: list[tuple[str, str, int]]):
 
 
 @pytest.fixture(scope="module")
-def trio(trained_arms, tmp_path_factory):
+def trio(worse_arm, tmp_path_factory):
     """model-a (@a) and model-worse (@worse) at 50/50, and model-twin: a second copy of @a, idle."""
     from serving.local import LocalStack
 
-    ensure_worse_arm(trained_arms)
     folder = tmp_path_factory.mktemp("trio")
     manifest = write_manifest(folder / "trio.yaml", [("model-a", "a", 50), ("model-worse", "worse", 50), ("model-twin", "a", 0)])
     running = LocalStack.up(manifest, port=0, state_dir=folder / "stack", timeout=300)

@@ -19,27 +19,16 @@ from tests.traffic import send_many
 
 pytestmark = pytest.mark.stack
 
-WORSE = {"alpha": 100.0, "l1_ratio": 1.0}  # so much regularisation that it predicts the mean
 MODEL = "wines-classifier"
 
 
-def ensure_worse_arm(trained_arms):
-    """Register the mean-predicting model as @worse once per session (16 s of `mlflow run`)."""
-    from training.tracking import aliases, run_arm, version_for_alias
-
-    if "worse" in aliases() and version_for_alias("worse").tags.get("alpha") == str(WORSE["alpha"]):
-        return version_for_alias("worse")
-    return run_arm(alias="worse", **WORSE)
-
-
 @pytest.fixture(scope="module")
-def duo(trained_arms, tmp_path_factory):
+def duo(worse_arm, tmp_path_factory):
     """The repository's manifest with model-b pointed at @worse (comments and layout kept)."""
     from ruamel.yaml import YAML
 
     from serving.local import LocalStack
 
-    ensure_worse_arm(trained_arms)
     folder = tmp_path_factory.mktemp("duo")
     manifest = folder / "model-a-b.yaml"
     yaml = YAML()

@@ -37,11 +37,13 @@ def use_local_store() -> str:
 
 def ensure_experiment(name: str = EXPERIMENT) -> str:
     """Create the experiment with artifacts in ``mlartifacts/`` beside the store; return its id."""
-    client = MlflowClient(tracking_uri())
+    uri = tracking_uri()
+    client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=(REPO / "mlartifacts").as_uri())
+    store = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else REPO / "mlflow.db"
+    return client.create_experiment(name, artifact_location=(store.parent / "mlartifacts").as_uri())
 
 
 def run_arm(alpha: float, l1_ratio: float, alias: str, seed: int | None = None) -> ModelVersion:
