@@ -10,14 +10,16 @@ host of their ``bind`` setting to ``SELDON_BIND_HOST`` (default 127.0.0.1) after
 set it. gRPC and the Flask debug server cannot be rebound this way, so they are switched off.
 
 One more difference: JSON nested thousands of levels deep makes Flask's parser raise
-RecursionError, which seldon-core turns into a 500; here it is the 400 it deserves.
+RecursionError, which seldon-core turns into a 500; here it is the 400 it deserves. So is a
+feedback body that is valid JSON but not an object (``false``, ``3``): seldon-core hands it to
+protobuf's ``ParseDict``, whose TypeError became a 500 (found by tests/reliability/test_fuzz.py).
 
 And three about seldon-core's metrics (``SeldonMetrics``), which keeps every counter in a
 ``multiprocessing.Manager`` process and pays several round trips to it per update (a py-spy
 profile put them at a third of a 1-row prediction's time; bench/README.md):
 
-- after every ``predict_raw`` seldon-core "updates" the custom metrics even when the response
-  carries none: that no-op is skipped;
+- after every ``predict_raw`` and ``send_feedback_raw`` seldon-core "updates" the custom metrics
+  even when the response carries none: that no-op is skipped;
 - a feedback updates its two counters (count, reward) in one update instead of two;
 - ``update`` is a read-modify-write of the worker's entry keyed by pid. With
   ``GUNICORN_THREADS`` > 1 two threads of one worker can interleave and one increment is lost
@@ -62,12 +64,26 @@ def _rest_microservice_with_json_limits(*args, **kwargs):
     return app
 
 
+_json_to_feedback = wrapper.json_to_feedback
+
+
+def _json_to_feedback_of_an_object(message_json):
+    if not isinstance(message_json, dict):
+        raise SeldonMicroserviceException(
+            f"feedback must be a JSON object with 'request', 'response' and 'reward', got {type(message_json).__name__}",
+            status_code=400, reason="MICROSERVICE_BAD_DATA",
+        )
+    return _json_to_feedback(message_json)
+
+
 _handle_raw_custom_metrics = seldon_methods.handle_raw_custom_metrics
 
 
 def _handle_raw_custom_metrics_if_any(msg, seldon_metrics, is_proto, method):
-    if isinstance(msg, dict) and not (isinstance(msg.get("meta"), dict) and msg["meta"].get("metrics")):
+    if is_proto and not msg.meta.metrics:
         return  # nothing to record: skip the round trips to the Manager process
+    if isinstance(msg, dict) and not (isinstance(msg.get("meta"), dict) and msg["meta"].get("metrics")):
+        return
     _handle_raw_custom_metrics(msg, seldon_metrics, is_proto, method)
 
 
@@ -96,6 +112,7 @@ def _update_reward_once(self, reward):
 def main() -> None:
     gunicorn_utils.StandaloneApplication.load_config = _load_config_on_host
     wrapper.get_rest_microservice = _rest_microservice_with_json_limits
+    wrapper.json_to_feedback = _json_to_feedback_of_an_object
     seldon_methods.handle_raw_custom_metrics = _handle_raw_custom_metrics_if_any
     metrics.SeldonMetrics.update = _update_whole
     metrics.SeldonMetrics.update_reward = _update_reward_once

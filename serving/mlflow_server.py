@@ -29,8 +29,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 from seldon_core.flask_utils import SeldonMicroserviceException
-from seldon_core.user_model import SeldonComponent, SeldonNotImplementedError
-from seldon_core.utils import construct_response_json
+from seldon_core.user_model import SeldonComponent
+from seldon_core.utils import construct_response, construct_response_json
 
 logger = logging.getLogger(__name__)
 
@@ -174,10 +174,11 @@ class MLFlowServer(SeldonComponent):
                 "feedback needs a non-zero 'reward': seldon-core does not count a reward of 0, "
                 "so this feedback would be lost"
             )
-        raise SeldonNotImplementedError("default feedback handling")  # seldon-core answers as usual
-
-    def send_feedback(self, features, feature_names, reward, truth, routing=None):
-        return []  # a fixed model learns nothing from feedback; the metrics are the point
+        # Answer as seldon-core's default feedback path does, without its first step: decoding the
+        # request's features for send_feedback(), which a fixed model does not learn from, and
+        # which turned a malformed request (a tensor without a shape) into a 500 after the reward
+        # had been counted (found by tests/reliability/test_fuzz.py).
+        return construct_response(self, False, feedback.request, np.array([]))
 
     def init_metadata(self) -> dict:
         return {"name": "mlflow-model", "platform": "mlflow", "versions": [self.model_uri]}
