@@ -76,8 +76,8 @@ def split_bucket_uri(uri: str) -> tuple[str, str, str]:
     bucket, _, path = rest.partition("/")
     if not _BUCKET_NAME.match(bucket):
         raise ClusterError(f"{uri}: {bucket!r} is not a valid bucket name (3-63 lower-case letters, digits, '.', '-', '_')")
-    path = path.strip("/")
-    if any(part in ("", ".", "..") for part in path.split("/")) and path:
+    path = path.rstrip("/")
+    if path and any(part in ("", ".", "..") for part in path.split("/")):
         raise ClusterError(f"{uri}: the path must not contain empty, '.' or '..' parts")
     return scheme, bucket, path
 
@@ -151,11 +151,23 @@ def render_deployment(
     return document
 
 
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings (a dashboard's JSON, a key file) as readable ``|`` blocks."""
+
+
+def _str(dumper, value: str):
+    style = "|" if "\n" in value and not any(line != line.rstrip() for line in value.splitlines()) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _str)
+
+
 def dump(document) -> str:
     """YAML text of a ruamel document (comments kept) or of plain data."""
     out = io.StringIO()
     if isinstance(document, (dict, list)) and not hasattr(document, "ca"):
-        yaml.safe_dump(document, out, sort_keys=False, default_flow_style=False, width=120)
+        yaml.dump(document, out, Dumper=_BlockDumper, sort_keys=False, default_flow_style=False, width=120)
     else:
         _round_trip().dump(document, out)
     return out.getvalue()

@@ -1,0 +1,190 @@
+"""Helpers for the cluster tests: things that cannot run here, and a loopback S3 emulator.
+
+No Kubernetes API server can run on these machines, so ``FakeKubernetesApiServer`` stands in for
+one behind the kubernetes client's ``CustomObjectsApi`` interface (the same method names and
+arguments, raising the client's own ``ApiException``). Everything else in these tests is real.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+
+from kubernetes.client.exceptions import ApiException
+
+
+def api_exception(status: int, message: str = "") -> ApiException:
+    e = ApiException(status=status, reason={404: "Not Found", 409: "Conflict", 403: "Forbidden", 422: "Unprocessable Entity"}.get(status, "Error"))
+    e.body = json.dumps({"kind": "Status", "message": message or f"status {status}"})
+    return e
+
+
+class FakeKubernetesApiServer:
+    """A stand-in for the Kubernetes API server (none can run here), seen through CustomObjectsApi.
+
+    ``statuses``: the ``status`` the operator would write, one per ``get`` after a write (the
+    last one repeats). ``fail``: method name -> list of statuses to raise on successive calls.
+    """
+
+    def __init__(self, statuses=None, fail=None, existing=None):
+        self.objects = {}
+        self.calls = []
+        self.statuses = list(statuses or [])
+        self.fail = {k: list(v) for k, v in (fail or {}).items()}
+        self._version = 100
+        self._written = False  # the operator writes statuses only after our create/replace
+        for obj in existing or []:
+            self._store(copy.deepcopy(obj), generation=1)
+
+    def _maybe_fail(self, method):
+        if self.fail.get(method):
+            status = self.fail[method].pop(0)
+            raise api_exception(status, f"{method} refused with {status} by the fake API server")
+
+    def _store(self, body, generation):
+        self._version += 1
+        meta = body.setdefault("metadata", {})
+        meta["resourceVersion"] = str(self._version)
+        meta["generation"] = generation
+        key = (meta.get("namespace", "default"), meta["name"])
+        self.objects[key] = body
+        return copy.deepcopy(body)
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        self.calls.append(("create", group, version, namespace, plural, body["metadata"]["name"]))
+        self._maybe_fail("create")
+        if (namespace, body["metadata"]["name"]) in self.objects:
+            raise api_exception(409, "already exists")
+        self._written = True
+        return self._store(copy.deepcopy(body), generation=1)
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        self.calls.append(("get", group, version, namespace, plural, name))
+        self._maybe_fail("get")
+        if (namespace, name) not in self.objects:
+            raise api_exception(404, f'seldondeployments.machinelearning.seldon.io "{name}" not found')
+        obj = self.objects[(namespace, name)]
+        if self.statuses and self._written:
+            obj["status"] = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        return copy.deepcopy(obj)
+
+    def replace_namespaced_custom_object(self, group, version, namespace, plural, name, body):
+        self.calls.append(("replace", group, version, namespace, plural, name))
+        self._maybe_fail("replace")
+        current = self.objects[(namespace, name)]
+        if body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
+            raise api_exception(409, "the object has been modified")
+        generation = current["metadata"]["generation"] + (current.get("spec") != body.get("spec"))
+        body = copy.deepcopy(body)
+        body["status"] = current.get("status", {})
+        self._written = True
+        return self._store(body, generation=generation)
+
+    def delete_namespaced_custom_object(self, group, version, namespace, plural, name):
+        self.calls.append(("delete", group, version, namespace, plural, name))
+        if self.objects.pop((namespace, name), None) is None:
+            raise api_exception(404, "not found")
+        return {}
+
+
+class FakeClock:
+    """Time for the wait loop without waiting: ``sleep`` advances ``now``."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.sleeps = []
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def k8s_unknown_fields(obj: dict) -> list[str]:
+    """Fields the kubernetes client's model for ``obj``'s kind does not know (typos, wrong nesting).
+
+    Deserialises into the client's ``V1<Kind>`` model and serialises back: whatever the model
+    dropped is not part of that Kubernetes type. Required fields are enforced by the models too.
+    """
+    from kubernetes import client
+
+    class _Response:
+        data = json.dumps(obj)
+
+    api = client.ApiClient()
+    model = api.deserialize(_Response(), f"V1{obj['kind']}")
+    back = api.sanitize_for_serialization(model)
+    missing = []
+
+    def walk(a, b, path):
+        if isinstance(a, dict):
+            for key, value in a.items():
+                if not isinstance(b, dict) or key not in b:
+                    missing.append(f"{path}.{key}".lstrip("."))
+                else:
+                    walk(value, b[key], f"{path}.{key}")
+        elif isinstance(a, list) and isinstance(b, list):
+            for i, (x, y) in enumerate(zip(a, b)):
+                walk(x, y, f"{path}[{i}]")
+
+    walk(obj, back, "")
+    return missing
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float, log_path=None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log = open(log_path).read()[-3000:] if log_path else ""
+            raise RuntimeError(f"the server exited with {process.returncode} before listening:\n{log}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
+
+
+def stop(process: subprocess.Popen, timeout: float = 10) -> None:
+    """Stop a process group we started, by its pid: SIGTERM, then SIGKILL."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=timeout)
+    except ProcessLookupError:
+        pass
+
+
+@contextmanager
+def s3_emulator(tmp_path, timeout: float = 60):
+    """moto's S3 server mode, an S3 emulator, on 127.0.0.1 only; yields its endpoint URL."""
+    port = free_port()
+    log = tmp_path / "s3-emulator.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        wait_for_port(port, process, timeout, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(process)

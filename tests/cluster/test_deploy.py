@@ -1,0 +1,186 @@
+"""The deploy helper's calls, waits and timeouts - without an API server.
+
+No Kubernetes API server can run on these machines: ``FakeKubernetesApiServer`` stands in for it
+behind the kubernetes client's CustomObjectsApi interface, and ``FakeClock`` makes the waits
+instant. The manifests are the real rendered ones; the errors are the client's ApiException.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from serving.cluster import deploy, render
+from serving.cluster.deploy import DeployError, DeployTimeout
+from tests.cluster.helpers import FakeClock, FakeKubernetesApiServer
+from tests.cluster.test_render import URIS
+
+CREATING = {"state": "Creating", "deploymentStatus": {"wines-classifier-model-a-0-model-a": {"replicas": 1}}}
+AVAILABLE = {
+    "state": "Available",
+    "deploymentStatus": {
+        "wines-classifier-model-a-0-model-a": {"replicas": 1, "availableReplicas": 1},
+        "wines-classifier-model-b-0-model-b": {"replicas": 1, "availableReplicas": 1},
+    },
+}
+
+
+@pytest.fixture
+def manifest(crd):
+    return render.plain(render.render_deployment(URIS, "seldon", crd=crd))
+
+
+def run(api, manifest, clock=None, **kwargs):
+    clock = clock or FakeClock()
+    messages = []
+    applied = deploy.apply(manifest, api=api)
+    status = deploy.wait_available(
+        applied.name, applied.namespace, api=api, log=messages.append, clock=clock, sleep=clock.sleep,
+        spec_changed=applied.action == "replaced" and applied.spec_changed, **kwargs,
+    )
+    return applied, status, messages, clock
+
+
+def test_deploy_without_api_server_creates_then_waits_until_available(manifest):
+    api = FakeKubernetesApiServer(statuses=[{}, CREATING, CREATING, AVAILABLE])
+    applied, status, messages, clock = run(api, manifest, poll=5)
+
+    assert applied.action == "created"
+    assert api.calls[0] == ("create", "machinelearning.seldon.io", "v1", "seldon", "seldondeployments", "wines-classifier")
+    assert status["state"] == "Available"
+    assert messages == [
+        "SeldonDeployment seldon/wines-classifier: no status yet; no Deployments reported yet",
+        "SeldonDeployment seldon/wines-classifier: Creating; wines-classifier-model-a-0-model-a 0/1 available",
+        "SeldonDeployment seldon/wines-classifier: Available",
+    ]
+    assert clock.sleeps == [5, 5, 5]
+    assert api.objects[("seldon", "wines-classifier")]["spec"] == manifest["spec"]
+
+
+def test_deploy_without_api_server_replaces_an_existing_deployment_at_its_resource_version(manifest):
+    old = render.plain(render.render_deployment(URIS, "seldon"))
+    old["spec"]["predictors"][0]["traffic"], old["spec"]["predictors"][1]["traffic"] = 90, 10
+    api = FakeKubernetesApiServer(existing=[old], statuses=[CREATING, AVAILABLE])
+    applied, status, _, _ = run(api, manifest)
+
+    assert [c[0] for c in api.calls[:3]] == ["create", "get", "replace"]
+    assert applied.action == "replaced" and applied.spec_changed
+    assert applied.generation == 2
+    stored = api.objects[("seldon", "wines-classifier")]
+    assert [p["traffic"] for p in stored["spec"]["predictors"]] == [50, 50]
+    assert status["state"] == "Available"
+
+
+def test_deploy_without_api_server_retries_a_replace_that_raced_another_writer(manifest):
+    api = FakeKubernetesApiServer(existing=[manifest], statuses=[AVAILABLE], fail={"replace": [409]})
+    applied = deploy.apply(manifest, api=api)
+    assert applied.action == "replaced"
+    assert [c[0] for c in api.calls] == ["create", "get", "replace", "get", "replace"]
+
+
+def test_deploy_without_api_server_does_not_trust_a_stale_available_after_a_changed_spec(manifest):
+    # Seldon 1.17.1 never writes status.observedGeneration: after a replace the old Available shows
+    old = render.plain(render.render_deployment(URIS, "seldon"))
+    old["spec"]["predictors"][0]["replicas"] = 3
+    old["status"] = AVAILABLE
+    api = FakeKubernetesApiServer(existing=[old], statuses=[AVAILABLE])
+    _, status, _, clock = run(api, manifest, poll=2, settle=10)
+    assert status["state"] == "Available"
+    assert clock.now >= 10  # it waited for the state to hold
+
+    # an unchanged spec (same generation) is Available at once
+    api = FakeKubernetesApiServer(existing=[manifest], statuses=[AVAILABLE])
+    applied, _, _, clock = run(api, manifest, poll=2, settle=10)
+    assert not applied.spec_changed and clock.now == 0
+
+
+def test_deploy_without_api_server_uses_observed_generation_when_the_operator_reports_it(manifest):
+    old = render.plain(render.render_deployment(URIS, "seldon"))
+    old["spec"]["predictors"][0]["replicas"] = 3
+    stale = dict(AVAILABLE, observedGeneration=1)
+    fresh = dict(AVAILABLE, observedGeneration=2)
+    api = FakeKubernetesApiServer(existing=[old], statuses=[stale, stale, fresh])
+    _, status, _, clock = run(api, manifest, poll=1, settle=100)
+    assert status["observedGeneration"] == 2
+    assert clock.now == 2  # two polls on the stale status, no settle wait
+
+
+def test_deploy_without_api_server_waits_for_every_replica(manifest):
+    half = {"state": "Available", "deploymentStatus": {"d": {"replicas": 2, "availableReplicas": 1}}}
+    full = {"state": "Available", "deploymentStatus": {"d": {"replicas": 2, "availableReplicas": 2}}}
+    api = FakeKubernetesApiServer(statuses=[half, half, full])
+    _, status, _, clock = run(api, manifest, poll=3)
+    assert status is not None and clock.now == 6
+
+
+def test_deploy_without_api_server_times_out_naming_the_last_state_and_what_to_look_at(manifest):
+    api = FakeKubernetesApiServer(statuses=[CREATING])
+    with pytest.raises(DeployTimeout) as error:
+        run(api, manifest, timeout=30, poll=7)
+    message = str(error.value)
+    assert "not Available after 30 s" in message
+    assert "last state 'Creating'" in message
+    assert "wines-classifier-model-a-0-model-a 0/1 available" in message
+    assert "kubectl get pods -n seldon -l seldon-deployment-id=wines-classifier" in message
+    assert isinstance(error.value, TimeoutError)
+
+
+def test_deploy_without_api_server_stops_at_failed_with_the_operators_description(manifest):
+    failed = {"state": "Failed", "description": "Deployment is no longer progressing and not available."}
+    api = FakeKubernetesApiServer(statuses=[CREATING, failed])
+    with pytest.raises(DeployError, match="failed: Deployment is no longer progressing") as error:
+        run(api, manifest)
+    assert not isinstance(error.value, DeployTimeout)
+
+
+@pytest.mark.parametrize(
+    "status, problem",
+    [
+        (404, "no seldondeployments.machinelearning.seldon.io/v1 .* install Seldon Core v1.17.1"),
+        (403, "not allowed \\(403\\)"),
+        (422, "refused as invalid \\(422\\).*webhook"),
+        (500, "answered 500"),
+    ],
+)
+def test_deploy_without_api_server_explains_what_the_api_server_refused(manifest, status, problem):
+    api = FakeKubernetesApiServer(fail={"create": [status]})
+    with pytest.raises(DeployError, match=problem):
+        deploy.apply(manifest, api=api)
+
+
+def test_deploy_without_api_server_refuses_a_registry_model_uri_before_calling_the_api():
+    local = render.plain(render._round_trip().load(render.LOCAL_MANIFEST.read_text()))
+    api = FakeKubernetesApiServer()
+    with pytest.raises(DeployError, match="is not a bucket.*Publish and render first"):
+        deploy.apply(local, api=api)
+    assert api.calls == []
+
+
+def test_deploy_without_api_server_refuses_a_broken_manifest_before_calling_the_api(manifest):
+    manifest["spec"]["predictors"][0]["traffic"] = 70
+    api = FakeKubernetesApiServer()
+    with pytest.raises(DeployError, match="traffic must add up to 100"):
+        deploy.apply(manifest, api=api)
+    assert api.calls == []
+
+
+def test_deploy_without_api_server_deploy_applies_then_waits(manifest, monkeypatch):
+    api = FakeKubernetesApiServer(statuses=[AVAILABLE])
+    monkeypatch.setattr(deploy.time, "sleep", lambda s: pytest.fail("nothing to wait for"))
+    status = deploy.deploy(manifest, api=api, log=None)
+    assert status["state"] == "Available"
+    assert deploy.delete("wines-classifier", "seldon", api=api) is True
+    assert deploy.delete("wines-classifier", "seldon", api=api) is False
+
+
+def test_deploy_without_api_server_wait_rejects_nonsense_timeouts():
+    with pytest.raises(ValueError, match="timeout and poll must be positive"):
+        deploy.wait_available("x", "y", api=FakeKubernetesApiServer(), timeout=0)
+
+
+def test_without_kubernetes_credentials_the_client_error_says_what_to_do(tmp_path, monkeypatch):
+    # the real kubernetes client config loaders, with no kubeconfig and outside a pod
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(DeployError, match="no Kubernetes credentials.*KUBECONFIG"):
+        deploy.custom_objects_api()
