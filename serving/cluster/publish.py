@@ -64,7 +64,10 @@ def check_destination(bucket: str) -> str:
         if not bucket.startswith("file:///"):
             raise PublishError(f"{bucket}: a file:// destination must be absolute (file:///path)")
     else:
-        split_bucket_uri(bucket)
+        try:
+            split_bucket_uri(bucket)
+        except ClusterError as e:
+            raise PublishError(str(e)) from e
     return scheme
 
 
