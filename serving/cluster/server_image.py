@@ -46,6 +46,16 @@ class ImageError(ClusterError):
     """The image definition would not build or not serve; the message names the problem."""
 
 
+class ImageEnvUnavailable(ImageError):
+    """This machine cannot build the image's environment (no venv, no package index): not the image's fault."""
+
+
+_OFFLINE = re.compile(
+    r"Failed to establish a new connection|Temporary failure in name resolution|Network is unreachable|"
+    r"ProxyError|No matching distribution found .* \(from versions: none\)|ensurepip"
+)
+
+
 def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -343,8 +353,19 @@ def build_env(venv: Path = DEFAULT_ENV, timeout: float = 600) -> Path:
 
     The same Python minor version as the image's base, its bundled pip, then exactly the Dockerfile's
     ``pip install -r requirements.txt -c constraints.txt`` and ``pip check``. Returns its python.
+    ``ImageEnvUnavailable`` when this machine cannot do it (no venv module, no package index);
+    ``ImageError`` when the requirements themselves fail (a conflict, a broken ``pip check``).
     """
+    import fcntl
+
     venv = Path(venv)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.parent / f".{venv.name}.lock", "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)  # one builder at a time (parallel test runs)
+        return _build_env_locked(venv, timeout)
+
+
+def _build_env_locked(venv: Path, timeout: float) -> Path:
     stamp = venv / ".image-requirements.sha256"
     python = env_python(venv)
     if python.exists() and stamp.is_file() and stamp.read_text() == _stamp():
@@ -357,15 +378,17 @@ def build_env(venv: Path = DEFAULT_ENV, timeout: float = 600) -> Path:
          "-r", str(REQUIREMENTS), "-c", str(CONSTRAINTS)],
         [str(python), "-m", "pip", "check"],
     ]
-    for command in steps:
+    for i, command in enumerate(steps):
         try:
             result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as e:
-            raise ImageError(f"building the image's environment timed out after {timeout:g} s at: {' '.join(command[:4])}") from e
+            raise ImageEnvUnavailable(f"building the image's environment timed out after {timeout:g} s at: {' '.join(command[:4])}") from e
         if result.returncode != 0:
-            raise ImageError(
+            output = (result.stderr or result.stdout).strip()
+            error = ImageEnvUnavailable if i == 0 or _OFFLINE.search(output) else ImageError
+            raise error(
                 f"building the image's environment failed at `{' '.join(command[:5])} ...` (exit {result.returncode}):\n"
-                f"{(result.stderr or result.stdout).strip()[-3000:]}"
+                f"{output[-3000:]}"
             )
     stamp.write_text(_stamp())
     return python
