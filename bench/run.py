@@ -361,7 +361,8 @@ def notebook_stages() -> dict:
     stages = json.loads(NOTEBOOK_STAGES.read_text())
     if isinstance(stages, dict) and "stages" in stages:
         stages = stages["stages"]
-    total = round(sum(float(v) for v in stages.values()), 1)
+    total = stages.pop("total", None)  # scripts/run_notebook.py writes the sum as "total"
+    total = round(float(total) if total is not None else sum(float(v) for v in stages.values()), 1)
     written = datetime.fromtimestamp(NOTEBOOK_STAGES.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
     return {"status": "measured by scripts/run_notebook.py", "written": written, "stages": stages, "seconds": total}
 

@@ -11,8 +11,9 @@ set it. gRPC and the Flask debug server cannot be rebound this way, so they are 
 
 One more difference: JSON nested thousands of levels deep makes Flask's parser raise
 RecursionError, which seldon-core turns into a 500; here it is the 400 it deserves. So is a
-feedback body that is valid JSON but not an object (``false``, ``3``): seldon-core hands it to
-protobuf's ``ParseDict``, whose TypeError became a 500 (found by tests/reliability/test_fuzz.py).
+feedback body that is valid JSON but not an object (``false``, ``3``) or whose reward no float
+holds (``1e400`` written as an integer): seldon-core hands it to protobuf's ``ParseDict``, whose
+TypeError or OverflowError became a 500 (both found by tests/reliability/test_fuzz.py).
 
 And three about seldon-core's metrics (``SeldonMetrics``), which keeps every counter in a
 ``multiprocessing.Manager`` process and pays several round trips to it per update (a py-spy
@@ -24,7 +25,8 @@ profile put them at a third of a 1-row prediction's time; bench/README.md):
 - ``update`` is a read-modify-write of the worker's entry keyed by pid. With
   ``GUNICORN_THREADS`` > 1 two threads of one worker can interleave and one increment is lost
   (a feedback missing from ``seldon_api_model_feedback_total``); a per-process lock makes each
-  update whole. Different workers have different pids, so they never touch the same entry.
+  update whole. Different workers have different pids, so they never touch the same entry -
+  which is also why the Manager lock around each Manager call is replaced by that process's own.
 """
 
 import os
@@ -73,7 +75,11 @@ def _json_to_feedback_of_an_object(message_json):
             f"feedback must be a JSON object with 'request', 'response' and 'reward', got {type(message_json).__name__}",
             status_code=400, reason="MICROSERVICE_BAD_DATA",
         )
-    return _json_to_feedback(message_json)
+    try:
+        return _json_to_feedback(message_json)
+    except (TypeError, ValueError, OverflowError) as e:  # e.g. a reward of 10**400: no float holds it
+        raise SeldonMicroserviceException(f"invalid feedback: {type(e).__name__}: {e}", status_code=400,
+                                          reason="MICROSERVICE_BAD_DATA") from None
 
 
 _handle_raw_custom_metrics = seldon_methods.handle_raw_custom_metrics
@@ -85,6 +91,18 @@ def _handle_raw_custom_metrics_if_any(msg, seldon_metrics, is_proto, method):
     if isinstance(msg, dict) and not (isinstance(msg.get("meta"), dict) and msg["meta"].get("metrics")):
         return
     _handle_raw_custom_metrics(msg, seldon_metrics, is_proto, method)
+
+
+_metrics_init = metrics.SeldonMetrics.__init__
+
+
+def _metrics_with_a_process_lock(self, *args, **kwargs):
+    _metrics_init(self, *args, **kwargs)
+    # seldon-core guards the Manager's dict with a Manager lock: four more round trips to another
+    # process per update. Each Manager call is atomic by itself and each worker writes only its
+    # own entry (keyed by pid), so what needs guarding is two threads of one worker interleaving
+    # a read-modify-write - a lock inside the process does that (_update_whole).
+    self._lock = threading.Lock()
 
 
 _update = metrics.SeldonMetrics.update
@@ -114,6 +132,7 @@ def main() -> None:
     wrapper.get_rest_microservice = _rest_microservice_with_json_limits
     wrapper.json_to_feedback = _json_to_feedback_of_an_object
     seldon_methods.handle_raw_custom_metrics = _handle_raw_custom_metrics_if_any
+    metrics.SeldonMetrics.__init__ = _metrics_with_a_process_lock
     metrics.SeldonMetrics.update = _update_whole
     metrics.SeldonMetrics.update_reward = _update_reward_once
     os.environ["SELDON_DEBUG"] = "false"  # the debug server binds all interfaces

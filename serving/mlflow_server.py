@@ -29,6 +29,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 from seldon_core.flask_utils import SeldonMicroserviceException
+from seldon_core.proto import prediction_pb2
 from seldon_core.user_model import SeldonComponent
 from seldon_core.utils import construct_response, construct_response_json
 
@@ -174,11 +175,19 @@ class MLFlowServer(SeldonComponent):
                 "feedback needs a non-zero 'reward': seldon-core does not count a reward of 0, "
                 "so this feedback would be lost"
             )
-        # Answer as seldon-core's default feedback path does, without its first step: decoding the
-        # request's features for send_feedback(), which a fixed model does not learn from, and
-        # which turned a malformed request (a tensor without a shape) into a 500 after the reward
-        # had been counted (found by tests/reliability/test_fuzz.py).
-        return construct_response(self, False, feedback.request, np.array([]))
+        # Answer as seldon-core's default feedback path does (an empty payload of the request's
+        # kind, the request's puid, meta.requestPath), without decoding the request's features:
+        # a fixed model does not learn from them, and decoding a malformed request (a tensor
+        # without a shape, a "tftensor" without TensorFlow) was a 500 *after* the reward had been
+        # counted (found by tests/reliability/test_fuzz.py). Counted means answered 200.
+        template = prediction_pb2.SeldonMessage()
+        request_kind = feedback.request.WhichOneof("data_oneof")  # data, strData, ... or None
+        if request_kind is None or feedback.request.data.WhichOneof("data_oneof") == "tensor":
+            template.data.tensor.SetInParent()
+        else:
+            template.data.ndarray.SetInParent()
+        template.meta.puid = feedback.request.meta.puid
+        return construct_response(self, False, template, np.array([]))
 
     def init_metadata(self) -> dict:
         return {"name": "mlflow-model", "platform": "mlflow", "versions": [self.model_uri]}
