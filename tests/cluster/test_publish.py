@@ -76,6 +76,7 @@ def test_publish_round_trips_both_arms_through_the_s3_emulator_byte_identical(tr
     import s3fs
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask a cloud metadata service
     with s3_emulator(tmp_path) as endpoint:
         options = {**CREDENTIALS, "endpoint_url": endpoint}
         s3fs.S3FileSystem(**options).mkdir("mlflow-seldon-models")
