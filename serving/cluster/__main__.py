@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from serving.cluster import analytics, render
-from serving.cluster.render import REPO, ClusterError, dump, dump_all
+from serving.cluster.render import REPO, ClusterError, dump
 
 DEFAULT_OUT = REPO / "build" / "cluster"
 PUBLISHED = "published.json"
@@ -69,7 +69,7 @@ def cmd_render(args) -> int:
     ]
     for path in written:
         print(f"wrote {path}")
-    local = render.plain(render._round_trip().load(render.LOCAL_MANIFEST.read_text()))
+    local = render.load_plain()
     print("differs from serving/model-a-b.yaml in: " + ", ".join(render.differences(local, render.plain(document))))
     return 0
 

@@ -182,8 +182,6 @@ def wait_available(
     settle: float = 10,
     spec_changed: bool = False,
     log: Callable[[str], None] | None = print,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> dict:
     """Poll until ``status.state`` is Available (every Deployment's replicas available); return the status.
 
@@ -196,7 +194,7 @@ def wait_available(
         raise ValueError(f"timeout and poll must be positive, got timeout={timeout} poll={poll}")
     api = api or custom_objects_api()
     what = f"SeldonDeployment {namespace}/{name}"
-    start = clock()
+    start = time.monotonic()
     seen_other_state = not spec_changed
     available_since = None
     last = None
@@ -228,14 +226,14 @@ def wait_available(
         if state == AVAILABLE and current and _all_replicas_available(status):
             if observed is not None or seen_other_state:
                 return status
-            available_since = clock() if available_since is None else available_since
-            if clock() - available_since >= settle:
+            available_since = time.monotonic() if available_since is None else available_since
+            if time.monotonic() - available_since >= settle:
                 return status
         else:
             available_since = None
             if state not in (AVAILABLE, "not found"):
                 seen_other_state = True
-        elapsed = clock() - start
+        elapsed = time.monotonic() - start
         if elapsed >= timeout:
             raise DeployTimeout(
                 f"{what} not Available after {timeout:g} s: last state {state!r}"
@@ -244,7 +242,7 @@ def wait_available(
                 f"(an ImagePullBackOff or a failing init container `*-model-initializer` is the usual cause) and "
                 f"`kubectl describe sdep {name} -n {namespace}`"
             )
-        sleep(min(poll, max(timeout - elapsed, 0.0)))
+        time.sleep(min(poll, max(timeout - elapsed, 0.0)))
 
 
 def deploy(manifest: Any, api=None, timeout: float = 900, poll: float = 5, settle: float = 10, crd=None,

@@ -95,6 +95,11 @@ def _round_trip() -> YAML:
     return document
 
 
+def load_plain(source: str | Path = LOCAL_MANIFEST) -> dict:
+    """A manifest file as plain data (the local one by default)."""
+    return plain(_round_trip().load(Path(source).read_text()))
+
+
 def plain(node: Any) -> Any:
     """ruamel's commented containers -> plain dicts and lists (what json, jsonschema and k8s want)."""
     return json.loads(json.dumps(node))
@@ -171,10 +176,6 @@ def dump(document) -> str:
     else:
         _round_trip().dump(document, out)
     return out.getvalue()
-
-
-def dump_all(documents: list) -> str:
-    return "---\n".join(dump(d) for d in documents)
 
 
 def differences(a: Any, b: Any, path: str = "") -> list[str]:

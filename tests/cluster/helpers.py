@@ -94,21 +94,6 @@ class FakeKubernetesApiServer:
         return {}
 
 
-class FakeClock:
-    """Time for the wait loop without waiting: ``sleep`` advances ``now``."""
-
-    def __init__(self):
-        self.now = 0.0
-        self.sleeps = []
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 def k8s_unknown_fields(obj: dict) -> list[str]:
     """Fields the kubernetes client's model for ``obj``'s kind does not know (typos, wrong nesting).
 

@@ -1,8 +1,8 @@
 """The deploy helper's calls, waits and timeouts - without an API server.
 
 No Kubernetes API server can run on these machines: ``FakeKubernetesApiServer`` stands in for it
-behind the kubernetes client's CustomObjectsApi interface, and ``FakeClock`` makes the waits
-instant. The manifests are the real rendered ones; the errors are the client's ApiException.
+behind the kubernetes client's CustomObjectsApi interface. The waits are real, with polls of a few
+milliseconds. The manifests are the real rendered ones; the errors are the client's ApiException.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import pytest
 
 from serving.cluster import deploy, render
 from serving.cluster.deploy import DeployError, DeployTimeout
-from tests.cluster.helpers import FakeClock, FakeKubernetesApiServer
+import time
+
+from tests.cluster.helpers import FakeKubernetesApiServer
 from tests.cluster.test_render import URIS
 
 CREATING = {"state": "Creating", "deploymentStatus": {"wines-classifier-model-a-0-model-a": {"replicas": 1}}}
@@ -29,20 +31,26 @@ def manifest(crd):
     return render.plain(render.render_deployment(URIS, "seldon", crd=crd))
 
 
-def run(api, manifest, clock=None, **kwargs):
-    clock = clock or FakeClock()
+def run(api, manifest, **kwargs):
+    """apply + wait_available with millisecond polls; returns (applied, status, messages, seconds waited)."""
+    kwargs = {"poll": 0.01, "timeout": 5, "settle": 0.2, **kwargs}
     messages = []
     applied = deploy.apply(manifest, api=api)
+    start = time.monotonic()
     status = deploy.wait_available(
-        applied.name, applied.namespace, api=api, log=messages.append, clock=clock, sleep=clock.sleep,
+        applied.name, applied.namespace, api=api, log=messages.append,
         spec_changed=applied.action == "replaced" and applied.spec_changed, **kwargs,
     )
-    return applied, status, messages, clock
+    return applied, status, messages, time.monotonic() - start
+
+
+def gets(api):
+    return sum(1 for c in api.calls if c[0] == "get")
 
 
 def test_deploy_without_api_server_creates_then_waits_until_available(manifest):
     api = FakeKubernetesApiServer(statuses=[{}, CREATING, CREATING, AVAILABLE])
-    applied, status, messages, clock = run(api, manifest, poll=5)
+    applied, status, messages, _ = run(api, manifest)
 
     assert applied.action == "created"
     assert api.calls[0] == ("create", "machinelearning.seldon.io", "v1", "seldon", "seldondeployments", "wines-classifier")
@@ -52,7 +60,7 @@ def test_deploy_without_api_server_creates_then_waits_until_available(manifest):
         "SeldonDeployment seldon/wines-classifier: Creating; wines-classifier-model-a-0-model-a 0/1 available",
         "SeldonDeployment seldon/wines-classifier: Available",
     ]
-    assert clock.sleeps == [5, 5, 5]
+    assert gets(api) == 4  # one poll per status the operator wrote
     assert api.objects[("seldon", "wines-classifier")]["spec"] == manifest["spec"]
 
 
@@ -83,14 +91,14 @@ def test_deploy_without_api_server_does_not_trust_a_stale_available_after_a_chan
     old["spec"]["predictors"][0]["replicas"] = 3
     old["status"] = AVAILABLE
     api = FakeKubernetesApiServer(existing=[old], statuses=[AVAILABLE])
-    _, status, _, clock = run(api, manifest, poll=2, settle=10)
+    _, status, _, waited = run(api, manifest, settle=0.3)
     assert status["state"] == "Available"
-    assert clock.now >= 10  # it waited for the state to hold
+    assert waited >= 0.3 and gets(api) > 10  # it kept polling until the state had held
 
     # an unchanged spec (same generation) is Available at once
     api = FakeKubernetesApiServer(existing=[manifest], statuses=[AVAILABLE])
-    applied, _, _, clock = run(api, manifest, poll=2, settle=10)
-    assert not applied.spec_changed and clock.now == 0
+    applied, _, _, _ = run(api, manifest, settle=0.3)
+    assert not applied.spec_changed and gets(api) == 2  # apply's get, then one poll
 
 
 def test_deploy_without_api_server_uses_observed_generation_when_the_operator_reports_it(manifest):
@@ -99,25 +107,27 @@ def test_deploy_without_api_server_uses_observed_generation_when_the_operator_re
     stale = dict(AVAILABLE, observedGeneration=1)
     fresh = dict(AVAILABLE, observedGeneration=2)
     api = FakeKubernetesApiServer(existing=[old], statuses=[stale, stale, fresh])
-    _, status, _, clock = run(api, manifest, poll=1, settle=100)
+    _, status, _, waited = run(api, manifest, settle=60)
     assert status["observedGeneration"] == 2
-    assert clock.now == 2  # two polls on the stale status, no settle wait
+    assert gets(api) == 1 + 3 and waited < 5  # two polls on the stale status, no settle wait
 
 
 def test_deploy_without_api_server_waits_for_every_replica(manifest):
     half = {"state": "Available", "deploymentStatus": {"d": {"replicas": 2, "availableReplicas": 1}}}
     full = {"state": "Available", "deploymentStatus": {"d": {"replicas": 2, "availableReplicas": 2}}}
     api = FakeKubernetesApiServer(statuses=[half, half, full])
-    _, status, _, clock = run(api, manifest, poll=3)
-    assert status is not None and clock.now == 6
+    _, status, _, _ = run(api, manifest)
+    assert status["deploymentStatus"]["d"]["availableReplicas"] == 2 and gets(api) == 3
 
 
 def test_deploy_without_api_server_times_out_naming_the_last_state_and_what_to_look_at(manifest):
     api = FakeKubernetesApiServer(statuses=[CREATING])
+    start = time.monotonic()
     with pytest.raises(DeployTimeout) as error:
-        run(api, manifest, timeout=30, poll=7)
+        run(api, manifest, timeout=0.3, poll=0.05)
+    assert 0.3 <= time.monotonic() - start < 3
     message = str(error.value)
-    assert "not Available after 30 s" in message
+    assert "not Available after 0.3 s" in message
     assert "last state 'Creating'" in message
     assert "wines-classifier-model-a-0-model-a 0/1 available" in message
     assert "kubectl get pods -n seldon -l seldon-deployment-id=wines-classifier" in message
@@ -148,7 +158,7 @@ def test_deploy_without_api_server_explains_what_the_api_server_refused(manifest
 
 
 def test_deploy_without_api_server_refuses_a_registry_model_uri_before_calling_the_api():
-    local = render.plain(render._round_trip().load(render.LOCAL_MANIFEST.read_text()))
+    local = render.load_plain()
     api = FakeKubernetesApiServer()
     with pytest.raises(DeployError, match="is not a bucket.*Publish and render first"):
         deploy.apply(local, api=api)
@@ -163,10 +173,11 @@ def test_deploy_without_api_server_refuses_a_broken_manifest_before_calling_the_
     assert api.calls == []
 
 
-def test_deploy_without_api_server_deploy_applies_then_waits(manifest, monkeypatch):
+def test_deploy_without_api_server_deploy_applies_then_waits(manifest):
     api = FakeKubernetesApiServer(statuses=[AVAILABLE])
-    monkeypatch.setattr(deploy.time, "sleep", lambda s: pytest.fail("nothing to wait for"))
-    status = deploy.deploy(manifest, api=api, log=None)
+    start = time.monotonic()
+    status = deploy.deploy(manifest, api=api, log=None, poll=5)
+    assert time.monotonic() - start < 1  # Available at the first poll: no sleep
     assert status["state"] == "Available"
     assert deploy.delete("wines-classifier", "seldon", api=api) is True
     assert deploy.delete("wines-classifier", "seldon", api=api) is False

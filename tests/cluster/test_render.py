@@ -20,7 +20,7 @@ URIS = {
 
 
 def local_plain():
-    return render.plain(render._round_trip().load(render.LOCAL_MANIFEST.read_text()))
+    return render.load_plain()
 
 
 def predictor_paths(field):
