@@ -41,10 +41,13 @@ PORT = 8003  # the local ingress port (0: any free port)
 STATE_DIR = ".stack"  # the local stack's pids, logs and Prometheus data
 WORK_DIR = "runs"  # the working copy of the manifest and the feedback logs
 IMAGES = "images"  # where the figures are saved
-# cluster only: where the models go, and how the notebook reaches the cluster
+# cluster only (docs/cluster.md): where the models go, and how the notebook reaches the cluster
 BUCKET = "gs://my-bucket/mlflow-seldon"
 NAMESPACE = "seldon"
-INGRESS = "localhost:8080"  # host:port of the Istio ingress gateway (e.g. after a port-forward)
+STORAGE_SECRET = None  # the rclone Secret's name, for a private bucket
+INGRESS = "127.0.0.1:8080"  # kubectl port-forward -n istio-system svc/istio-ingressgateway 8080:80
+PROMETHEUS = "http://127.0.0.1:9090"  # kubectl port-forward -n monitoring svc/monitoring-kube-prometheus-prometheus 9090
+SCRAPE_INTERVAL = 2  # seconds: the local stack's; kube-prometheus-stack scrapes every 30 s
 
 # %% [markdown]
 # ## Prerequisites
@@ -61,6 +64,7 @@ import warnings
 warnings.filterwarnings("ignore", category=UserWarning)  # MLflow's notices about pip/conda
 warnings.filterwarnings("ignore", category=FutureWarning)
 
+import time
 from pathlib import Path
 
 import mlflow
@@ -147,12 +151,16 @@ display(Markdown(
 
 # %%
 if TARGET == "cluster":
-    from serving.cluster import publish
+    from serving.cluster import publish, render
 
-    published = publish.publish_arms(BUCKET, aliases=list(ARMS))
-    display(pd.Series(published, name="modelUri"))
+    published = publish.publish(BUCKET, manifest=MANIFEST)  # each arm's folder, checksummed
+    cluster_manifest = Path(WORK_DIR) / "model-a-b.cluster.yaml"
+    cluster_manifest.parent.mkdir(parents=True, exist_ok=True)
+    cluster_manifest.write_text(render.dump(render.render_deployment(
+        {uri: p.uri for uri, p in published.items()}, namespace=NAMESPACE, env_secret=STORAGE_SECRET)))
+    display(pd.Series({uri: p.uri for uri, p in published.items()}, name="modelUri on the cluster"))
 else:
-    print("local target: models are read from the registry, nothing to copy")
+    print("local target: the model servers read models:/ URIs from the registry, nothing to copy")
 
 # %% [markdown]
 # ## 3. Serve them as an A/B test
@@ -185,12 +193,22 @@ if TARGET == "local":
     stack = LocalStack.up(manifest, port=PORT, state_dir=STATE_DIR)
     endpoints = feedback.Endpoints.local(STATE_DIR)
     prometheus_url = stack.prometheus_url
-else:
-    from serving.cluster import deploy
+else:  # the same file, rendered with bucket URIs, applied with the Kubernetes client (= kubectl apply -f)
+    import subprocess
 
-    deploy.apply(manifest, bucket=BUCKET, namespace=NAMESPACE)
-    endpoints = deploy.endpoints(manifest, ingress=INGRESS, namespace=NAMESPACE)
-    prometheus_url = deploy.PROMETHEUS_URL
+    from serving.cluster import deploy, endpoints as cluster
+
+    deploy.deploy(cluster_manifest)  # create or replace, then wait until Available
+    where = cluster.cluster_endpoints(cluster_manifest, ingress=INGRESS)
+    # each arm's own Service, reached through a port-forward (stopped in the clean-up)
+    forwards = [subprocess.Popen(c.split(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                for c in where.port_forward_commands()]
+    time.sleep(3)
+    endpoints = feedback.Endpoints(
+        gateway=INGRESS, namespace=NAMESPACE, deployment=where.deployment,
+        predictors={p: url.split("://", 1)[1] for p, url in where.predictor_urls.items()}, nodes=where.nodes,
+    )
+    prometheus_url = PROMETHEUS
 print(f"ingress: http://{endpoints.gateway}/seldon/{endpoints.namespace}/{endpoints.deployment}/api/v1.0/predictions")
 for name, address in endpoints.predictors.items():
     print(f"{name}: http://{address}/api/v1.0/predictions")
@@ -254,7 +272,8 @@ analysis.cross_check(replay.log, prometheus_url, since=baseline)
 # *Prediction Analytics* dashboard with its bugs fixed), run against Prometheus over the replay.
 
 # %%
-frames = analysis.dashboard_frames(prometheus_url, start=replay.started, end=replay.finished)
+window = analysis.rate_window(SCRAPE_INTERVAL)
+frames = analysis.dashboard_frames(prometheus_url, start=replay.started, end=replay.finished, window=window)
 verdict = analysis.verdict(replay.log)
 for name, figure in analysis.figures(frames, verdict).items():
     analysis.save(figure, name, IMAGES)
@@ -312,9 +331,16 @@ if outcome.promoted:
                             log_path=Path(WORK_DIR) / "feedback-after-promotion.csv")
     print("100 requests after promotion, served by:", check.log["arm"].value_counts().to_dict())
 
+# %%
+if TARGET == "cluster" and outcome.promoted:  # the promoted split, rendered and applied again
+    cluster_manifest.write_text(render.dump(render.render_deployment(
+        {uri: p.uri for uri, p in published.items()}, namespace=NAMESPACE, env_secret=STORAGE_SECRET,
+        source=manifest)))
+    deploy.deploy(cluster_manifest)
+
 # %% [markdown]
-# On a cluster the same change is a `kubectl apply -f` of the promoted manifest; Seldon's
-# operator updates Istio's weights.
+# On a cluster the same change is a `kubectl apply -f` of the promoted manifest, which the cell
+# above does with the Kubernetes client; Seldon's operator updates Istio's weights.
 #
 # ## 9. Clean up
 #
@@ -325,3 +351,8 @@ if outcome.promoted:
 if TARGET == "local":
     stopped = stack.down()
     print(f"stopped {len(stopped)} processes")
+else:
+    for forward in forwards:
+        forward.terminate()
+    deploy.delete(where.deployment, NAMESPACE)
+    print(f"deleted SeldonDeployment {NAMESPACE}/{where.deployment}; the models stay in {BUCKET}")
