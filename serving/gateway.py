@@ -138,12 +138,13 @@ class Upstream:
         self.authority = f"{self.host}:{self.port}"
         self.idle: collections.deque = collections.deque()  # (reader, writer, last used)
 
-    async def post(self, path: str, body: bytes, content_type: str, puid: str) -> tuple[int, str, bytes]:
+    async def post(self, path: str, body: bytes, content_type: str, puid: str | None = None) -> tuple[int, str, bytes]:
         """POST ``body``; return (status, content type, payload). Raises UpstreamError, TimeoutError."""
         reader, writer = await self._connection()
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {self.authority}\r\nContent-Type: {content_type}\r\n"
-            f"{PUID_HEADER}: {puid}\r\nContent-Length: {len(body)}\r\n\r\n"
+            + (f"{PUID_HEADER}: {puid}\r\n" if puid else "")
+            + f"Content-Length: {len(body)}\r\n\r\n"
         ).encode("utf-8", "surrogateescape")  # header values come from aiohttp's parser, decoded so
         try:
             writer.write(head + body)

@@ -9,7 +9,6 @@ import asyncio
 import threading
 import time
 
-import aiohttp
 import pandas as pd
 
 import feedback
@@ -37,14 +36,14 @@ class PacedReplay:
 
     async def _run(self) -> None:
         semaphore = asyncio.Semaphore(self.in_flight)
-        connector = aiohttp.TCPConnector(limit=self.in_flight, keepalive_timeout=1.5)
-        async with aiohttp.ClientSession(connector=connector) as session:
+        connections = feedback.Connections()
+        try:
 
             async def row(i: int) -> None:
                 async with semaphore:
                     k = i % len(self.truths)
                     started = time.time()
-                    result = await self.replayer.one(session, i, self.features[k : k + 1], float(self.truths[k]))
+                    result = await self.replayer.one(connections, i, self.features[k : k + 1], float(self.truths[k]))
                     result.update(started=started, finished=time.time(),
                                   feedback_started=started + result.get("predict_ms", 0) / 1000)
                     self.rows.append(result)
@@ -62,6 +61,8 @@ class PacedReplay:
                 tasks.append(asyncio.create_task(row(i)))
                 i += 1
             await asyncio.gather(*tasks)
+        finally:
+            connections.close()
 
     def __enter__(self) -> "PacedReplay":
         self._thread.start()
