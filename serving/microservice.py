@@ -26,7 +26,8 @@ profile put them at a third of a 1-row prediction's time; bench/README.md):
   ``GUNICORN_THREADS`` > 1 two threads of one worker can interleave and one increment is lost
   (a feedback missing from ``seldon_api_model_feedback_total``); a per-process lock makes each
   update whole. Different workers have different pids, so they never touch the same entry -
-  which is also why the Manager lock around each Manager call is replaced by that process's own.
+  which is also why the Manager lock around each Manager call is replaced by that process's own,
+  and why a worker need not read its own entry back from the Manager before each update.
 """
 
 import os
@@ -103,6 +104,40 @@ def _metrics_with_a_process_lock(self, *args, **kwargs):
     # own entry (keyed by pid), so what needs guarding is two threads of one worker interleaving
     # a read-modify-write - a lock inside the process does that (_update_whole).
     self._lock = threading.Lock()
+    self.data = _OwnEntryRemembered(self.data)
+
+
+class _OwnEntryRemembered:
+    """The Manager's dict, with this process's own entry remembered in the process.
+
+    ``update`` reads the worker's entry back from the Manager before writing it; but only this
+    worker ever writes that entry, so what it wrote last *is* what the Manager holds - reading it
+    from memory saves a round trip per update. Everything else goes to the Manager as before.
+    """
+
+    def __init__(self, shared):
+        self._shared = shared
+        self._own: dict = {}
+
+    def get(self, key, default=None):
+        return self._own[key] if key in self._own else self._shared.get(key, default)
+
+    def __setitem__(self, key, value) -> None:
+        self._shared[key] = value
+        self._own[key] = value
+
+    def __delitem__(self, key) -> None:
+        self._own.pop(key, None)
+        del self._shared[key]
+
+    def __contains__(self, key) -> bool:
+        return key in self._shared
+
+    def __getitem__(self, key):
+        return self._shared[key]
+
+    def __getattr__(self, name):  # keys(), items(), copy(), ...: the Manager's
+        return getattr(self._shared, name)
 
 
 _update = metrics.SeldonMetrics.update

@@ -31,7 +31,7 @@ import pandas as pd
 from seldon_core.flask_utils import SeldonMicroserviceException
 from seldon_core.proto import prediction_pb2
 from seldon_core.user_model import SeldonComponent
-from seldon_core.utils import construct_response, construct_response_json
+from seldon_core.utils import construct_response_json, get_request_path
 
 logger = logging.getLogger(__name__)
 
@@ -175,19 +175,22 @@ class MLFlowServer(SeldonComponent):
                 "feedback needs a non-zero 'reward': seldon-core does not count a reward of 0, "
                 "so this feedback would be lost"
             )
-        # Answer as seldon-core's default feedback path does (an empty payload of the request's
-        # kind, the request's puid, meta.requestPath), without decoding the request's features:
+        # Answer what seldon-core's default feedback path answers (an empty payload of the
+        # request's kind, the request's puid, meta.requestPath), without decoding the features:
         # a fixed model does not learn from them, and decoding a malformed request (a tensor
         # without a shape, a "tftensor" without TensorFlow) was a 500 *after* the reward had been
         # counted (found by tests/reliability/test_fuzz.py). Counted means answered 200.
-        template = prediction_pb2.SeldonMessage()
+        answer = prediction_pb2.SeldonMessage()
         request_kind = feedback.request.WhichOneof("data_oneof")  # data, strData, ... or None
         if request_kind is None or feedback.request.data.WhichOneof("data_oneof") == "tensor":
-            template.data.tensor.SetInParent()
+            answer.data.tensor.shape.append(0)
         else:
-            template.data.ndarray.SetInParent()
-        template.meta.puid = feedback.request.meta.puid
-        return construct_response(self, False, template, np.array([]))
+            answer.data.ndarray.SetInParent()
+        if feedback.request.meta.puid:
+            answer.meta.puid = feedback.request.meta.puid
+        for node, image in get_request_path().items():  # {graph node: image}, as construct_response
+            answer.meta.requestPath[node] = image
+        return answer
 
     def init_metadata(self) -> dict:
         return {"name": "mlflow-model", "platform": "mlflow", "versions": [self.model_uri]}
