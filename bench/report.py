@@ -71,9 +71,9 @@ def render(results: dict) -> str:
     lines = [
         f"Measured by `make bench` (`bench/run.py`, method in [bench/README.md](bench/README.md)) on "
         f"{m['cpu']}, {m['cores']} cores, {m['ram_gib']:g} GiB RAM, {m['os']}, Python {m['python']}; "
-        f"{results['started'][:10]}, load average {results['load_average_before'][0]:g} before and "
-        f"{results['load_average_after'][0]:g} after (other jobs shared the machine). Each figure is the "
-        f"median of {results['parameters']['rounds']} interleaved rounds; source: `bench/results.json`.",
+        f"{results['started'][:16].replace('T', ' ')} UTC, 1-minute load average {results['load_average_before'][0]:g} "
+        f"before and {results['load_average_after'][0]:g} after. Each figure is the median of "
+        f"{results['parameters']['rounds']} interleaved rounds; source: `bench/results.json`.",
         "",
         "| target | goal | measured | |",
         "|---|---|---|---|",
@@ -87,7 +87,7 @@ def render(results: dict) -> str:
         "notebook_seconds": "the notebook top to bottom (s)",
     }
     for t in results["targets"]:
-        value = "-" if t["value"] is None else f"{t['value']:g}"
+        value = "-" if t["value"] is None else f"{t['value']:.3g}"
         lines.append(f"| {names.get(t['target'], t['target'])} | {t['goal']} | {value} | {mark(t['met'])} |")
 
     a = results["a"]
@@ -129,7 +129,8 @@ def render(results: dict) -> str:
 
     d = results["d"]
     if "stages" in d:
-        lines += ["", f"**The notebook, top to bottom** (`make run`, after install; {d['status']}, {d['written'][:10]}):", "",
+        lines += ["", f"**The notebook, top to bottom** (`make run`, after install; {d['status']}, "
+                      f"{d['written'][:16].replace('T', ' ')} UTC):", "",
                   "| stage | seconds |", "|---|---|"]
         lines += [f"| {stage} | {seconds:g} |" for stage, seconds in d["stages"].items()]
         lines.append(f"| **total** | **{d['seconds']:g}** |")
