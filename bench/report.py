@@ -31,7 +31,9 @@ every test starts its own local stack on free loopback ports and stops it by pid
   over the 1 MiB limit, broken UTF-8, wrong content types, and feedback with broken
   requests/responses/rewards. Every answer must be below 500 (a 4xx that says what is wrong),
   the reward counter must stay finite, and a good request must still succeed afterwards. The
-  fuzzing found three 500s, now fixed in `serving/` and kept as explicit examples.
+  fuzzing found four 500s (a feedback body that is not an object, a reward too large for any
+  float, a tensor without a shape or a `tftensor` inside a feedback's request - the last two
+  after the reward had been counted), now fixed in `serving/` and kept as explicit examples.
 - **`kill -9` of a model server under load** (the whole process group, as a container kill):
   the supervisor restarts it; every row of feedback.py's log is served and its feedback accepted
   (a 503 while the arm is down is retried); the verdict's per-arm counts equal the log's; the
