@@ -36,7 +36,7 @@ class PacedReplay:
 
     async def _run(self) -> None:
         semaphore = asyncio.Semaphore(self.in_flight)
-        connections = feedback.Connections()
+        connections = feedback.Connections(self.in_flight)
         try:
 
             async def row(i: int) -> None:
@@ -62,7 +62,7 @@ class PacedReplay:
                 i += 1
             await asyncio.gather(*tasks)
         finally:
-            connections.close()
+            await connections.close()
 
     def __enter__(self) -> "PacedReplay":
         self._thread.start()
