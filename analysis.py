@@ -638,7 +638,13 @@ def wait_for_scrape(url: str, after: float, timeout: float = 30, matcher: str = 
     """
     deadline = time.monotonic() + timeout
     while True:
-        times = scrape_times(url, matcher)
+        try:
+            times = scrape_times(url, matcher)
+        except PrometheusError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(poll)  # a fresh Prometheus has not scraped anything yet
+            continue
         if times[0] > after:
             return times[-1]
         if time.monotonic() > deadline:

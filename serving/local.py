@@ -24,12 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import requests
@@ -69,9 +70,19 @@ class Plan:
 
 
 def free_port(host: str = HOST) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return free_ports(1, host)[0]
+
+
+def free_ports(n: int, host: str = HOST) -> list[int]:
+    """``n`` distinct ports the OS calls free (all held open together, so none repeats)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def port_in_use(port: int, host: str = HOST) -> bool:
@@ -91,12 +102,13 @@ def make_plan(deployment: sdep.Deployment, port: int, tracking_uri: str, gateway
             "or choose another port (`up --port N`, or 0 for any free port)"
         )
     names = [p.name for p in deployment.predictors]
+    ports = iter(free_ports(3 * len(names) + 2))
     return Plan(
         manifest=str(Path(deployment.source).resolve()),
-        ingress_port=port or free_port(),
-        predictor_ports={n: free_port() for n in names},
-        model_ports={n: {"http": free_port(), "metrics": free_port()} for n in names},
-        prometheus_port=free_port(),
+        ingress_port=port or next(ports),
+        predictor_ports={n: next(ports) for n in names},
+        model_ports={n: {"http": next(ports), "metrics": next(ports)} for n in names},
+        prometheus_port=next(ports),
         tracking_uri=tracking_uri,
         gateway_seed=gateway_seed,
     )
@@ -459,23 +471,31 @@ class LocalStack:
         prometheus.binary()  # a clear error now rather than a crash loop later
 
         stack.state_dir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, 4):
+            stack._start(make_plan(deployment, port, tracking_uri, gateway_seed))
+            try:
+                return stack.wait_ready(timeout)
+            except StackError as e:
+                stack.down()
+                # a free port can be taken by another program between choosing and binding it:
+                # choose again (a port given by the caller is checked up front instead)
+                taken = ("address already in use", "connection in use")  # asyncio/Prometheus, gunicorn
+                if not any(t in str(e).lower() for t in taken) or attempt == 3:
+                    raise
+
+    def _start(self, plan: Plan) -> None:
+        """Write the plan and start the supervisor in a session of its own."""
         for stale in ("state.json", "plan.json"):
-            (stack.state_dir / stale).unlink(missing_ok=True)
+            (self.state_dir / stale).unlink(missing_ok=True)
         # a fresh TSDB per run: the run's queries see this run's series only
-        subprocess.run(["rm", "-rf", str(stack.state_dir / "prometheus")], check=True)
-        plan = make_plan(deployment, port, tracking_uri, gateway_seed)
-        (stack.state_dir / "plan.json").write_text(json.dumps(asdict(plan), indent=2))
-        with open(stack.state_dir / "supervisor.log", "ab") as log:
+        shutil.rmtree(self.state_dir / "prometheus", ignore_errors=True)
+        (self.state_dir / "plan.json").write_text(json.dumps(asdict(plan), indent=2))
+        with open(self.state_dir / "supervisor.log", "ab") as log:
             subprocess.Popen(
-                [sys.executable, "-m", "serving.local", "--state-dir", str(stack.state_dir), "_supervise"],
+                [sys.executable, "-m", "serving.local", "--state-dir", str(self.state_dir), "_supervise"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, cwd=REPO, env={**os.environ, MARKER: str(stack.state_dir)},
+                start_new_session=True, cwd=REPO, env={**os.environ, MARKER: str(self.state_dir)},
             )
-        try:
-            return stack.wait_ready(timeout)
-        except StackError:
-            stack.down()
-            raise
 
     def wait_ready(self, timeout: float = 300) -> "LocalStack":
         deadline = time.monotonic() + timeout

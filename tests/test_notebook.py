@@ -69,20 +69,24 @@ def test_notebook_runs_top_to_bottom_on_the_local_target(tracking_store, tmp_pat
     output = tmp_path / "executed.ipynb"
     parameters = {"PORT": 0, "STATE_DIR": str(tmp_path / "stack"), "WORK_DIR": str(tmp_path / "runs"),
                   "IMAGES": str(tmp_path / "images")}
-    result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "run_notebook.py"), "--output", str(output),
-         *[arg for name, value in parameters.items() for arg in ("-p", name, repr(value))]],
-        capture_output=True, text=True, timeout=900, cwd=REPO,
-        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_store},
-    )
+    from serving.local import LocalStack, stack_pids
+
+    try:
+        result = subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "run_notebook.py"), "--output", str(output),
+             *[arg for name, value in parameters.items() for arg in ("-p", name, repr(value))]],
+            capture_output=True, text=True, timeout=900, cwd=REPO,
+            env={**os.environ, "MLFLOW_TRACKING_URI": tracking_store},
+        )
+    finally:
+        leftovers = LocalStack(tmp_path / "stack").down()  # whatever a failed run left behind
     assert result.returncode == 0, result.stderr[-3000:]
+    assert leftovers == [], "the notebook's clean-up cell did not stop the stack"
     executed = nbformat.read(output, as_version=4)
     run_notebook.check(executed)  # no errors, counts in order
     outputs = json.dumps([c.get("outputs", []) for c in executed.cells])
     assert "Verdict" in outputs and "stopped" in outputs
     assert sorted(p.name for p in (tmp_path / "images").glob("*.png")) == ["latency.png", "requests.png", "reward.png"]
-    from serving.local import LocalStack, stack_pids
-
     assert stack_pids(tmp_path / "stack") == [] and not LocalStack(tmp_path / "stack").running()
 
 
