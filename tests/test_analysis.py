@@ -306,7 +306,7 @@ def set_split(stack, manifest, split):
 @pytest.mark.stack
 @pytest.mark.slow
 def test_verdict_picks_the_clearly_better_arm_on_the_real_stack(trio, populations, tmp_path):
-    """@a against the mean-predicting model, every hold-out row replayed twice (~1,225 per arm).
+    """@a against the mean-predicting model, every hold-out row replayed twice (~1,960 per arm).
 
     At that size the Welch test's power for the difference these two models make on the
     hold-out rows is checked first to be above 99%, so a miss is a bug, not bad luck.

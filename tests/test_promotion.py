@@ -44,7 +44,7 @@ def duo(worse_arm, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def decisive_log(duo, tmp_path_factory):
-    """Every hold-out row replayed twice at 50/50: ~1,225 requests per arm, which gives the Welch
+    """Every hold-out row replayed twice at 50/50: ~1,960 requests per arm, which gives the Welch
     test a power above 99% for these two models (checked in test_analysis)."""
     stack, _ = duo
     folder = tmp_path_factory.mktemp("logs")

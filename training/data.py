@@ -43,7 +43,10 @@ ENV_VAR = "WINE_QUALITY_CSV"
 CACHE_PATH = Path(__file__).resolve().parent / "data" / "winequality-white.csv"
 
 SEED = 42
-HOLDOUT_FRACTION = 0.25
+# 40% held out, not the usual 25%: those rows are the A/B test's traffic, and with the two arms of
+# training/arms.py the test needs ~420 requests per arm for 80% power; ~980 per arm gives ~98%,
+# so the replay decides. Training on 60% instead of 75% changes the models' R² by under 0.01.
+HOLDOUT_FRACTION = 0.4
 
 
 class DataError(ValueError):

@@ -34,7 +34,8 @@ def run_metrics(version) -> dict:
 
 def test_both_arms_are_registered_with_their_aliases(trained_arms):
     assert set(trained_arms) == set(ARMS)
-    assert tracking.aliases() == {alias: int(v.version) for alias, v in trained_arms.items()}
+    registered = tracking.aliases()  # other tests may add aliases of their own (@worse)
+    assert {alias: registered.get(alias) for alias in ARMS} == {alias: int(v.version) for alias, v in trained_arms.items()}
     for alias, version in trained_arms.items():
         params = MlflowClient().get_run(version.run_id).data.params
         assert float(params["alpha"]) == ARMS[alias]["alpha"]
