@@ -66,7 +66,10 @@ ORIGINAL = si.DOCKERFILE.read_text()
         (lambda t: t.replace("&& pip check", "&& pip install mlflow && pip check"), "pip installs ['mlflow']"),
         (lambda t: t.replace("serving.mlflow_server.MLFlowServer", "serving.mlflow_server.Nope"), "no class Nope"),
         (lambda t: re.sub(r'CMD \[.*\]', "CMD python -m serving.microservice serving.mlflow_server.MLFlowServer", t), "shell form"),
-        (lambda t: re.sub(r'CMD \[.*\]', 'CMD ["gunicorn", "app"]', t), "does not run seldon-core's microservice"),
+        (lambda t: re.sub(r'CMD \[.*\]', 'CMD ["gunicorn", "app"]', t), "does not run python -m serving.microservice"),
+        # stock seldon-core loses feedback counts with the manifest's gunicorn threads
+        (lambda t: re.sub(r'CMD \[.*\]', 'CMD ["seldon-core-microservice", "serving.mlflow_server.MLFlowServer"]', t),
+         "the metrics lock"),
         (lambda t: t.replace("COPY serving/cluster", "ADD serving/cluster"), "use COPY, not ADD"),
         (lambda t: t.replace("PYTHONPATH=/app", "PYTHONPATH=/srv").replace("WORKDIR /app", "WORKDIR /srv"), "not under the image's PYTHONPATH"),
     ],
