@@ -4,19 +4,20 @@
     .venv/bin/python bench/report.py bench/results/latest.json
 
 Only the text between ``<!-- bench:start -->``/``<!-- bench:end -->`` and between
-``<!-- reliability:start -->``/``<!-- reliability:end -->`` is written; missing markers are added
-at the end of README.md under "## Performance" and "## Reliability".
+``<!-- reliability:start -->``/``<!-- reliability:end -->`` is written (scripts/readme.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `python bench/report.py` from anywhere
+from scripts import readme  # noqa: E402
+
 README = REPO / "README.md"
 RESULTS = REPO / "bench" / "results.json"
 
@@ -72,7 +73,7 @@ def render(results: dict) -> str:
     m = results["machine"]
     lines = [
         f"Measured by `make bench` (`bench/run.py`, method in [bench/README.md](bench/README.md)) on "
-        f"{m['cpu']}, {m['cores']} cores, {m['ram_gib']:g} GiB RAM, {m['os']}, Python {m['python']}; "
+        f"{readme.describe(m)}; "
         f"{results['started'][:16].replace('T', ' ')} UTC, 1-minute load average {results['load_average_before'][0]:g} "
         f"before and {results['load_average_after'][0]:g} after. Each figure is the median of "
         f"{results['parameters']['rounds']} interleaved rounds; source: `bench/results.json`.",
@@ -141,23 +142,14 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
-def replace_block(text: str, name: str, heading: str, content: str) -> str:
-    pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
-    if not pattern.search(text):
-        text = text.rstrip("\n") + f"\n\n## {heading}\n\n<!-- {name}:start -->\n<!-- {name}:end -->\n"
-    return pattern.sub(lambda match: match.group(1) + content.rstrip() + "\n" + match.group(2), text)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="?", type=Path, default=RESULTS)
     parser.add_argument("--readme", type=Path, default=README)
     args = parser.parse_args(argv)
     results = json.loads(args.results.read_text())
-    text = args.readme.read_text()
-    text = replace_block(text, "bench", "Performance", render(results))
-    text = replace_block(text, "reliability", "Reliability", RELIABILITY)
-    args.readme.write_text(text)
+    readme.replace_block("bench", render(results), args.readme)
+    readme.replace_block("reliability", RELIABILITY, args.readme)
     print(f"wrote the Performance and Reliability sections of {args.readme.name} from {args.results}")
     return 0
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -44,6 +43,7 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 from bench import load, servers  # noqa: E402
+from scripts import readme  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 NOTEBOOK_STAGES = REPO / "runs" / "notebook-stages.json"
@@ -64,27 +64,7 @@ def log(message: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ machine
-def machine() -> dict:
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor()
-    versions = {}
-    for package in ("seldon-core", "mlflow", "scikit-learn", "aiohttp", "uvloop", "gunicorn", "Flask", "uvicorn", "fastapi"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(),
-        "os": platform.platform(),
-        "packages": versions,
-    }
+machine = readme.machine  # one description of the machine for the README's tables
 
 
 # ------------------------------------------------------------------------------------ helpers

@@ -120,7 +120,7 @@ def aliased_run_names(store: str | None = None) -> list[str]:
     client = MlflowClient(store or tracking_uri())
     model = client.get_registered_model(MODEL_NAME)
     runs = {client.get_model_version(MODEL_NAME, v).run_id for v in model.aliases.values()}
-    return sorted(client.get_run(r).info.run_name for r in runs)
+    return sorted({client.get_run(r).info.run_name for r in runs})
 
 
 def main(argv=None) -> int:

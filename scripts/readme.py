@@ -14,23 +14,41 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def machine() -> str:
-    """One line describing this machine: CPU, cores, memory, OS, Python."""
+def machine() -> dict:
+    """What this machine is: CPU, cores, memory, OS, Python (and the serving packages' versions)."""
+    from importlib import metadata
+
     cpu = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
         pass
-    memory = ""
     try:
-        kib = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0])
-        memory = f", {kib / 2**20:.0f} GiB RAM"
+        ram_gib = round(int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0]) / 2**20, 1)
     except (OSError, IndexError, ValueError):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores{memory}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+        ram_gib = None
+    versions = {}
+    for package in ("seldon-core", "mlflow", "scikit-learn", "aiohttp", "uvloop", "gunicorn", "Flask", "uvicorn", "fastapi"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_gib": ram_gib,
+        "python": platform.python_version(),
+        "os": platform.platform(),
+        "packages": versions,
+    }
+
+
+def describe(m: dict | None = None) -> str:
+    """``machine()`` in one line."""
+    m = m or machine()
+    memory = f", {m['ram_gib']:.0f} GiB RAM" if m.get("ram_gib") else ""
+    return f"{m['cpu']}, {m['cores']} cores{memory}, {m['os']}, Python {m['python']}"
 
 
 def replace_block(name: str, content: str, readme: Path = README) -> None:

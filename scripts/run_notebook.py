@@ -130,7 +130,7 @@ def run(output: Path = NOTEBOOK, parameters: dict | None = None, timeout: int = 
 def stages_table(stages: dict[str, float]) -> str:
     rows = [f"| {name} | {seconds:.1f} s |" for name, seconds in stages.items() if name not in ("Setup", "total")]
     return "\n".join([
-        f"The notebook's stages in the committed run (`make run` after set-up; {readme.machine()}):",
+        f"The notebook's stages in the committed run (`make run` after set-up; {readme.describe()}):",
         "",
         "| stage | wall time |",
         "|---|---|",
