@@ -160,12 +160,12 @@ def main(argv=None) -> int:
     except NotebookFailed as e:
         print(f"error: {e}\nsaved with outputs to {args.output}", file=sys.stderr)
         return 1
-    STAGES.parent.mkdir(exist_ok=True)
-    STAGES.write_text(json.dumps(stages, indent=2))
     width = max(map(len, stages))
     for name, seconds in stages.items():
         print(f"  {name:<{width}}  {seconds:6.1f} s")
     if args.output == NOTEBOOK and not parameters:  # the committed run: its times go in the README
+        STAGES.parent.mkdir(exist_ok=True)
+        STAGES.write_text(json.dumps(stages, indent=2))  # and to `make bench`
         readme.replace_block("stages", stages_table(stages))
     print(f"saved {args.output.relative_to(REPO) if args.output.is_relative_to(REPO) else args.output}")
     return 0

@@ -64,8 +64,10 @@ def test_committed_figures_exist():
 
 
 @pytest.mark.notebook
-def test_notebook_runs_top_to_bottom_on_the_local_target(tracking_store, tmp_path):
-    """A fresh kernel, the local target, its own tracking store, stack folder and free ports."""
+def test_notebook_runs_top_to_bottom_on_the_local_target(tmp_path):
+    """A fresh kernel, the local target, a tracking store of its own (as on a fresh clone), its own
+    stack folder and free ports."""
+    tracking_store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     output = tmp_path / "executed.ipynb"
     parameters = {"PORT": 0, "STATE_DIR": str(tmp_path / "stack"), "WORK_DIR": str(tmp_path / "runs"),
                   "IMAGES": str(tmp_path / "images")}
@@ -93,11 +95,13 @@ def test_notebook_runs_top_to_bottom_on_the_local_target(tracking_store, tmp_pat
 @pytest.mark.skipif(not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")),
                     reason="no Chromium installed (apt-get install chromium) - the screenshot script skips too")
 def test_mlflow_ui_screenshot_shows_both_runs(trained_arms, tmp_path):
-    from scripts.mlflow_ui_screenshot import aliased_run_names, screenshot
+    from mlflow.tracking import MlflowClient
+
+    from scripts.mlflow_ui_screenshot import screenshot
 
     output = tmp_path / "ui.png"
     text = screenshot(output)
-    names = aliased_run_names()
+    names = {MlflowClient().get_run(v.run_id).info.run_name for v in trained_arms.values()}
     assert len(names) == 2
     for name in names:
         assert name in text  # in the rendered page's DOM, not only in a file name
