@@ -2,8 +2,10 @@
 
     python -m serving.microservice serving.mlflow_server.MLFlowServer --http-port 9000 --metrics-port 6000
 
-This is `seldon-core-microservice` (``seldon_core.microservice.main``) unchanged, with one
-difference: seldon-core 1.17 hard-codes ``0.0.0.0`` for its gunicorn servers and has no host flag,
+This is `seldon-core-microservice` (``seldon_core.microservice.main``) with the few differences
+below, each a patch of a seldon-core 1.17.1 function (the version requirements.txt pins; an
+upgrade must be checked against tests/serving and tests/reliability). First, the address:
+seldon-core 1.17 hard-codes ``0.0.0.0`` for its gunicorn servers and has no host flag,
 which is right in a pod and wrong on a laptop. Both of its REST servers (predictions and metrics)
 are gunicorn applications built from ``gunicorn_utils.StandaloneApplication``; we rewrite the
 host of their ``bind`` setting to ``SELDON_BIND_HOST`` (default 127.0.0.1) after seldon-core has
