@@ -145,17 +145,21 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float, log_path
 
 
 def stop(process: subprocess.Popen, timeout: float = 10) -> None:
-    """Stop a process group we started, by its pid: SIGTERM, then SIGKILL."""
-    if process.poll() is not None:
+    """Stop a process group we started, by its pid: SIGTERM, then SIGKILL for whatever is left
+    (gunicorn's workers outlive a leader that died first)."""
+    try:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    except ProcessLookupError:
         return
     try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=timeout)
     except ProcessLookupError:
         pass
+    process.wait(timeout=timeout)
 
 
 @contextmanager
