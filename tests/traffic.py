@@ -108,18 +108,3 @@ def metric_sum_by_predictor(prometheus_url: str, expr: str) -> dict[str, float]:
     """``sum by (predictor_name) (expr)`` as {predictor: value}."""
     result = prometheus.query(prometheus_url, f"sum by (predictor_name) ({expr})")
     return {r["metric"].get("predictor_name", ""): float(r["value"][1]) for r in result}
-
-
-def wait_for_scrape(prometheus_url: str, after: float | None = None, timeout: float = 20) -> None:
-    """Wait until Prometheus has scraped every target after ``after`` (a Unix time; default now).
-
-    ``up`` gets a sample per target per scrape, so its timestamps tell when each was last read.
-    """
-    after = time.time() if after is None else after
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = prometheus.query(prometheus_url, "timestamp(up)")
-        if result and min(float(r["value"][1]) for r in result) > after:
-            return
-        time.sleep(0.25)
-    raise TimeoutError(f"Prometheus did not scrape every target within {timeout} s")

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 
 from kubernetes.client.exceptions import ApiException
 
+from serving.local import free_port
+
 
 def api_exception(status: int, message: str = "") -> ApiException:
     e = ApiException(status=status, reason={404: "Not Found", 409: "Conflict", 403: "Forbidden", 422: "Unprocessable Entity"}.get(status, "Error"))
@@ -123,12 +125,6 @@ def k8s_unknown_fields(obj: dict) -> list[str]:
 
     walk(obj, back, "")
     return missing
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, process: subprocess.Popen, timeout: float, log_path=None) -> None:

@@ -26,7 +26,8 @@ import requests
 
 from serving.cluster import server_image as si
 from serving.cluster.render import REPO
-from tests.cluster.helpers import free_port, stop, wait_for_port
+from serving.local import free_port
+from tests.cluster.helpers import stop, wait_for_port
 
 
 # ------------------------------------------------------------------------------ static checks

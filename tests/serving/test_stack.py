@@ -18,10 +18,11 @@ import pytest
 import requests
 from scipy import stats
 
+import analysis
 from serving import deployment as sdep
 from serving.local import LocalStack, stack_pids
 from tests.traffic import (
-    PREDICTION, ROW, BackgroundLoad, metric_sum_by_predictor, send_many, wait_for_scrape,
+    PREDICTION, ROW, BackgroundLoad, metric_sum_by_predictor, send_many,
 )
 from training.data import FEATURES
 
@@ -74,13 +75,13 @@ def test_a_predictor_endpoint_reaches_only_its_arm_and_its_feedback_is_counted(s
     assert {r.status for r in results} == {200} and {r.arm for r in results} == {"model-b"}
 
     prom = stack.prometheus_url
-    wait_for_scrape(prom)
+    analysis.wait_for_scrape(prom, time.time())
     feedback_before = metric_sum_by_predictor(prom, "seldon_api_model_feedback_total")
     reward_before = metric_sum_by_predictor(prom, "seldon_api_model_feedback_reward_total")
     feedback = {"request": PREDICTION, "response": results[0].body, "reward": 0.25}
     sent = send_many(f"{url}/feedback", 37, body=feedback, concurrency=4)
     assert {r.status for r in sent} == {200} and {r.arm for r in sent} == {"model-b"}
-    wait_for_scrape(prom)
+    analysis.wait_for_scrape(prom, time.time())
 
     feedback_after = metric_sum_by_predictor(prom, "seldon_api_model_feedback_total")
     reward_after = metric_sum_by_predictor(prom, "seldon_api_model_feedback_reward_total")
@@ -93,13 +94,13 @@ def test_feedback_on_the_ingress_lands_on_both_arms_as_on_a_cluster(stack):
     prom = stack.prometheus_url
     answer = send_many(stack.predictor_urls["model-a"] + "/api/v1.0/predictions", 1)[0]
     assert answer.arm == "model-a"
-    wait_for_scrape(prom)
+    analysis.wait_for_scrape(prom, time.time())
     before = metric_sum_by_predictor(prom, "seldon_api_model_feedback_total")
     # 200 rewards for a prediction that model-a made, all posted to the ingress
     feedback = {"request": PREDICTION, "response": answer.body, "reward": 0.5}
     sent = send_many(f"{stack.ingress_url}/feedback", 200, body=feedback, concurrency=8)
     assert {r.status for r in sent} == {200}
-    wait_for_scrape(prom)
+    analysis.wait_for_scrape(prom, time.time())
     after = metric_sum_by_predictor(prom, "seldon_api_model_feedback_total")
     landed = {p: after.get(p, 0) - before.get(p, 0) for p in ("model-a", "model-b")}
     assert sum(landed.values()) == 200
