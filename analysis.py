@@ -72,7 +72,9 @@ def rate_window(scrape_interval: float = SCRAPE_INTERVAL_SECONDS, factor: int = 
     the cluster's interval (kube-prometheus-stack: 15-30 s) to get ``"60s"``-``"120s"``.
     """
     if not scrape_interval > 0 or factor < 4:
-        raise ValueError(f"need a positive scrape interval and a factor of at least 4, got {scrape_interval!r} x {factor!r}")
+        raise ValueError(
+            f"need a positive scrape interval and a factor of at least 4, got {scrape_interval!r} x {factor!r}"
+        )
     return f"{scrape_interval * factor:g}s"
 
 
@@ -156,28 +158,57 @@ class Panel:
 def panels(window: str, deployment: str = DEFAULT_DEPLOYMENT) -> list[Panel]:
     """The dashboard, as data: every panel with its expressions (the one source of truth)."""
     return [
-        Panel("requests", "Requests per second", "reqps",
-              "Prediction requests per second per predictor (executor server histogram count).",
-              (("requests", "", requests_per_second(window, deployment)),)),
-        Panel("success", "Success ratio", "percentunit",
-              "Share of prediction and feedback requests answered 2xx, by the executor's `code` label "
-              "(the original dashboard filtered on `status`, which does not exist).",
-              (("success", "", success_ratio(window, deployment)),)),
-        Panel("errors", "4xx / 5xx per second", "reqps",
-              "Client and server errors per second per predictor; 0 when there were none. The first errors "
-              "with a new code on a pod create their series and are not visible to rate().",
-              (("errors_4xx", " 4xx", error_rate("4", window, deployment)),
-               ("errors_5xx", " 5xx", error_rate("5", window, deployment)))),
-        Panel("latency", "Model latency p50 / p90 / p99", "s",
-              "Executor-to-model latency of predictions (service=\"/predict\"), from the histogram buckets.",
-              tuple((f"latency_p{q * 100:g}", f" p{q * 100:g}", latency_quantile(q, window, deployment)) for q in QUANTILES)),
-        Panel("reward", "Mean reward", "none",
-              "Rewards summed / feedback counted per predictor, all gunicorn workers summed. Only "
-              "attributable when feedback goes to each predictor's own Service (feedback.py's default).",
-              (("reward", "", mean_reward(window, deployment)),)),
-        Panel("feedback", "Feedback per second", "reqps",
-              "Rewards per second counted by each predictor's model server.",
-              (("feedback", "", feedback_per_second(window, deployment)),)),
+        Panel(
+            "requests",
+            "Requests per second",
+            "reqps",
+            "Prediction requests per second per predictor (executor server histogram count).",
+            (("requests", "", requests_per_second(window, deployment)),),
+        ),
+        Panel(
+            "success",
+            "Success ratio",
+            "percentunit",
+            "Share of prediction and feedback requests answered 2xx, by the executor's `code` label "
+            "(the original dashboard filtered on `status`, which does not exist).",
+            (("success", "", success_ratio(window, deployment)),),
+        ),
+        Panel(
+            "errors",
+            "4xx / 5xx per second",
+            "reqps",
+            "Client and server errors per second per predictor; 0 when there were none. The first errors "
+            "with a new code on a pod create their series and are not visible to rate().",
+            (
+                ("errors_4xx", " 4xx", error_rate("4", window, deployment)),
+                ("errors_5xx", " 5xx", error_rate("5", window, deployment)),
+            ),
+        ),
+        Panel(
+            "latency",
+            "Model latency p50 / p90 / p99",
+            "s",
+            'Executor-to-model latency of predictions (service="/predict"), from the histogram buckets.',
+            tuple(
+                (f"latency_p{q * 100:g}", f" p{q * 100:g}", latency_quantile(q, window, deployment))
+                for q in QUANTILES
+            ),
+        ),
+        Panel(
+            "reward",
+            "Mean reward",
+            "none",
+            "Rewards summed / feedback counted per predictor, all gunicorn workers summed. Only "
+            "attributable when feedback goes to each predictor's own Service (feedback.py's default).",
+            (("reward", "", mean_reward(window, deployment)),),
+        ),
+        Panel(
+            "feedback",
+            "Feedback per second",
+            "reqps",
+            "Rewards per second counted by each predictor's model server.",
+            (("feedback", "", feedback_per_second(window, deployment)),),
+        ),
     ]
 
 
@@ -188,12 +219,22 @@ def queries(window: str, deployment: str = DEFAULT_DEPLOYMENT) -> dict[str, str]
 
 def local_expression(expr: str, window: str, deployment: str = DEFAULT_DEPLOYMENT) -> str:
     """A dashboard expression with Grafana's variables replaced, to run it against a Prometheus."""
-    return expr.replace(GRAFANA_WINDOW, window).replace(GRAFANA_DEPLOYMENT, deployment).replace("${deployment}", deployment)
+    return (
+        expr.replace(GRAFANA_WINDOW, window)
+        .replace(GRAFANA_DEPLOYMENT, deployment)
+        .replace("${deployment}", deployment)
+    )
 
 
 # =========================================================================== Prometheus -> pandas
-def range_frame(url: str, expr: str, start: float, end: float, step: float = SCRAPE_INTERVAL_SECONDS,
-                label: str = "predictor_name") -> pd.DataFrame:
+def range_frame(
+    url: str,
+    expr: str,
+    start: float,
+    end: float,
+    step: float = SCRAPE_INTERVAL_SECONDS,
+    label: str = "predictor_name",
+) -> pd.DataFrame:
     """A range query as a wide DataFrame: one row per step (UTC time), one column per ``label``."""
     if not end > start:
         raise ValueError(f"the query window must end after it starts, got start={start} end={end}")
@@ -214,11 +255,19 @@ def range_frame(url: str, expr: str, start: float, end: float, step: float = SCR
 def instant_frame(url: str, expr: str, at: float | None = None, label: str = "predictor_name") -> pd.Series:
     """An instant query as a Series indexed by ``label``."""
     result = prometheus.query(url, expr, at)
-    return pd.Series({r["metric"].get(label, ""): float(r["value"][1]) for r in result}, dtype="float64").sort_index()
+    return pd.Series(
+        {r["metric"].get(label, ""): float(r["value"][1]) for r in result}, dtype="float64"
+    ).sort_index()
 
 
-def dashboard_frames(url: str, start: float, end: float, window: str | None = None,
-                     step: float = 1.0, deployment: str = DEFAULT_DEPLOYMENT) -> dict[str, pd.DataFrame]:
+def dashboard_frames(
+    url: str,
+    start: float,
+    end: float,
+    window: str | None = None,
+    step: float = 1.0,
+    deployment: str = DEFAULT_DEPLOYMENT,
+) -> dict[str, pd.DataFrame]:
     """Every dashboard series around [start, end] (e.g. a replay's time window), keyed like ``queries``.
 
     The range runs on by one rate window past ``end``: a rate at time t looks back one window,
@@ -227,7 +276,9 @@ def dashboard_frames(url: str, start: float, end: float, window: str | None = No
     """
     window = window or rate_window()
     until = end + float(window.rstrip("s"))
-    return {key: range_frame(url, expr, start, until, step) for key, expr in queries(window, deployment).items()}
+    return {
+        key: range_frame(url, expr, start, until, step) for key, expr in queries(window, deployment).items()
+    }
 
 
 # =========================================================================== figures
@@ -274,18 +325,24 @@ def plot_latency(frames: dict[str, pd.DataFrame]):
     colours = {arm: f"C{i}" for i, arm in enumerate(arms)}
     for key, style in zip(keys, ("-", "--", ":")):
         for arm, values in frames[key].items():
-            ax.plot(frames[key].index, values * 1000, style, color=colours[arm], label=f"{arm} {key.split('_')[1]}")
+            ax.plot(
+                frames[key].index,
+                values * 1000,
+                style,
+                color=colours[arm],
+                label=f"{arm} {key.split('_')[1]}",
+            )
     ax.legend(ncol=len(QUANTILES), fontsize="small")
     return fig
 
 
-def plot_reward(frames: dict[str, pd.DataFrame], summary: "Verdict | None" = None):
+def plot_reward(frames: dict[str, pd.DataFrame], summary: Verdict | None = None):
     """Mean reward per arm over the rate window; with a ``Verdict``, each arm's overall mean and 95% CI."""
     _check_frames(frames, "reward")
     fig, ax = _figure("Mean reward per arm (window mean)", "mean reward")
     colours = {}
     for i, (arm, values) in enumerate(frames["reward"].items()):
-        line, = ax.plot(frames["reward"].index, values, label=arm)
+        (line,) = ax.plot(frames["reward"].index, values, label=arm)
         colours[arm] = line.get_color()
     if summary is not None:
         for arm, s in summary.stats.items():
@@ -296,9 +353,13 @@ def plot_reward(frames: dict[str, pd.DataFrame], summary: "Verdict | None" = Non
     return fig
 
 
-def figures(frames: dict[str, pd.DataFrame], summary: "Verdict | None" = None) -> dict:
+def figures(frames: dict[str, pd.DataFrame], summary: Verdict | None = None) -> dict:
     """The notebook's three figures: name -> Figure."""
-    return {"requests": plot_requests(frames), "latency": plot_latency(frames), "reward": plot_reward(frames, summary)}
+    return {
+        "requests": plot_requests(frames),
+        "latency": plot_latency(frames),
+        "reward": plot_reward(frames, summary),
+    }
 
 
 def save(fig, name: str, folder: str | Path = IMAGES) -> Path:
@@ -326,7 +387,9 @@ def read_log(log: pd.DataFrame | str | Path) -> pd.DataFrame:
 def _require(log: pd.DataFrame, *columns: str) -> None:
     missing = [c for c in columns if c not in log.columns]
     if missing:
-        raise LogError(f"the feedback log has no {missing} column(s); is it a feedback.py log? (columns: {list(log.columns)})")
+        raise LogError(
+            f"the feedback log has no {missing} column(s); is it a feedback.py log? (columns: {list(log.columns)})"
+        )
 
 
 def served(log: pd.DataFrame | str | Path) -> pd.DataFrame:
@@ -344,8 +407,14 @@ def served(log: pd.DataFrame | str | Path) -> pd.DataFrame:
     values = rows[["truth", "prediction", "reward"]].apply(pd.to_numeric, errors="coerce")
     bad = ~np.isfinite(values.to_numpy(dtype="float64")).all(axis=1)
     if bad.any():
-        ids = rows.loc[bad, "request_id"].tolist()[:5] if "request_id" in rows.columns else rows.index[bad].tolist()[:5]
-        raise LogError(f"{int(bad.sum())} served rows lack a finite truth/prediction/reward (request ids {ids})")
+        ids = (
+            rows.loc[bad, "request_id"].tolist()[:5]
+            if "request_id" in rows.columns
+            else rows.index[bad].tolist()[:5]
+        )
+        raise LogError(
+            f"{int(bad.sum())} served rows lack a finite truth/prediction/reward (request ids {ids})"
+        )
     rows = rows.copy()
     rows[["truth", "prediction", "reward"]] = values
     rows["arm"] = rows["arm"].astype(str)
@@ -367,15 +436,23 @@ def _rmse(errors, axis=-1):
     return np.sqrt(np.mean(np.square(errors), axis=axis))
 
 
-def _bootstrap_ci(samples: tuple, statistic, confidence: float, resamples: int, seed: int) -> tuple[float, float]:
+def _bootstrap_ci(
+    samples: tuple, statistic, confidence: float, resamples: int, seed: int
+) -> tuple[float, float]:
     """BCa bootstrap interval (scipy); a point interval when the data cannot vary."""
     if all(np.ptp(s) == 0 for s in samples):
         value = float(statistic(*samples))
         return value, value
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        result = stats.bootstrap(samples, statistic, confidence_level=confidence, n_resamples=resamples,
-                                 method="BCa", rng=np.random.default_rng(seed))
+        result = stats.bootstrap(
+            samples,
+            statistic,
+            confidence_level=confidence,
+            n_resamples=resamples,
+            method="BCa",
+            rng=np.random.default_rng(seed),
+        )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
@@ -403,7 +480,9 @@ def arm_stats(log, confidence: float = 0.95, resamples: int = 4000, seed: int = 
             low, high = stats.t.interval(confidence, df=n - 1, loc=mean, scale=sd / math.sqrt(n))
         else:
             low, high = (mean, mean) if n > 1 else (float("nan"), float("nan"))
-        rmse_ci = _bootstrap_ci((errors,), _rmse, confidence, resamples, seed) if n > 1 else (float("nan"),) * 2
+        rmse_ci = (
+            _bootstrap_ci((errors,), _rmse, confidence, resamples, seed) if n > 1 else (float("nan"),) * 2
+        )
         out[arm] = ArmStats(arm, n, mean, (float(low), float(high)), sd, float(_rmse(errors)), rmse_ci)
     return out
 
@@ -411,8 +490,17 @@ def arm_stats(log, confidence: float = 0.95, resamples: int = 4000, seed: int = 
 def stats_table(arms: dict[str, ArmStats]) -> pd.DataFrame:
     """The per-arm numbers as a table for the notebook."""
     return pd.DataFrame(
-        [{"arm": s.arm, "n": s.n, "mean reward": s.mean_reward, "reward 95% CI": f"{s.reward_ci[0]:.3f} to {s.reward_ci[1]:.3f}",
-          "RMSE": s.rmse, "RMSE 95% CI": f"{s.rmse_ci[0]:.3f} to {s.rmse_ci[1]:.3f}"} for s in arms.values()]
+        [
+            {
+                "arm": s.arm,
+                "n": s.n,
+                "mean reward": s.mean_reward,
+                "reward 95% CI": f"{s.reward_ci[0]:.3f} to {s.reward_ci[1]:.3f}",
+                "RMSE": s.rmse,
+                "RMSE 95% CI": f"{s.rmse_ci[0]:.3f} to {s.rmse_ci[1]:.3f}",
+            }
+            for s in arms.values()
+        ]
     ).set_index("arm")
 
 
@@ -434,7 +522,9 @@ def power(n: int, difference: float, sd_a: float, sd_b: float, alpha: float = 0.
     return float(stats.nct.sf(critical, df, nc) + stats.nct.cdf(-critical, df, nc))
 
 
-def required_n(difference: float, sd_a: float, sd_b: float, alpha: float = 0.05, target: float = 0.8) -> float:
+def required_n(
+    difference: float, sd_a: float, sd_b: float, alpha: float = 0.05, target: float = 0.8
+) -> float:
     """Smallest number of requests *per arm* for which ``power`` reaches ``target``; ``inf`` for no difference.
 
     The normal approximation n = (z₁₋α/₂ + z_power)² (sd_a² + sd_b²) / difference² gives the
@@ -503,16 +593,25 @@ class Verdict:
         if math.isinf(self.required_n):
             need = "the arms did equally well, so no number of requests would separate them"
         else:
-            need = (f"a difference this size needs about {self.required_n:,.0f} requests per arm "
-                    f"({self.power_target:.0%} power at α = {self.alpha:g}), {self.more_requests_needed:,.0f} more than the smaller arm had")
+            need = (
+                f"a difference this size needs about {self.required_n:,.0f} requests per arm "
+                f"({self.power_target:.0%} power at α = {self.alpha:g}), {self.more_requests_needed:,.0f} more than the smaller arm had"
+            )
         return f"no decision between {self.first} and {self.second}: {numbers}; {need}."
 
     def __str__(self) -> str:
         return self.sentence
 
 
-def verdict(log, arms: tuple[str, str] | None = None, alpha: float = 0.05, power_target: float = 0.8,
-            confidence: float = 0.95, resamples: int = 4000, seed: int = 0) -> Verdict:
+def verdict(
+    log,
+    arms: tuple[str, str] | None = None,
+    alpha: float = 0.05,
+    power_target: float = 0.8,
+    confidence: float = 0.95,
+    resamples: int = 4000,
+    seed: int = 0,
+) -> Verdict:
     """Decide between two arms on their rewards, from the per-request log.
 
     The test is Welch's two-sample t-test on the per-request rewards (``scipy.stats.ttest_ind``,
@@ -543,7 +642,10 @@ def verdict(log, arms: tuple[str, str] | None = None, alpha: float = 0.05, power
     if too_few:
         raise LogError(f"{too_few} served fewer than 2 requests: no variance, no test")
     rewards = {a: rows.loc[rows["arm"] == a, "reward"].to_numpy() for a in arms}
-    errors = {a: (rows.loc[rows["arm"] == a, "truth"] - rows.loc[rows["arm"] == a, "prediction"]).to_numpy() for a in arms}
+    errors = {
+        a: (rows.loc[rows["arm"] == a, "truth"] - rows.loc[rows["arm"] == a, "prediction"]).to_numpy()
+        for a in arms
+    }
     a, b = arms
     if per_arm[a].reward_sd == 0 and per_arm[b].reward_sd == 0:
         # Welch is undefined without variance; identical constants cannot be told apart
@@ -559,14 +661,27 @@ def verdict(log, arms: tuple[str, str] | None = None, alpha: float = 0.05, power
     if significant and difference < 0:  # report the winner first
         a, b = b, a
         difference, difference_ci = -difference, (-difference_ci[1], -difference_ci[0])
-    rmse_ci = _bootstrap_ci((errors[a], errors[b]), lambda x, y, axis=-1: _rmse(x, axis) - _rmse(y, axis),
-                            confidence, resamples, seed)
+    rmse_ci = _bootstrap_ci(
+        (errors[a], errors[b]),
+        lambda x, y, axis=-1: _rmse(x, axis) - _rmse(y, axis),
+        confidence,
+        resamples,
+        seed,
+    )
     return Verdict(
-        first=a, second=b, stats=per_arm, difference=difference, difference_ci=difference_ci,
-        p_value=p_value, alpha=alpha, significant=significant,
-        rmse_difference=per_arm[a].rmse - per_arm[b].rmse, rmse_difference_ci=rmse_ci,
+        first=a,
+        second=b,
+        stats=per_arm,
+        difference=difference,
+        difference_ci=difference_ci,
+        p_value=p_value,
+        alpha=alpha,
+        significant=significant,
+        rmse_difference=per_arm[a].rmse - per_arm[b].rmse,
+        rmse_difference_ci=rmse_ci,
         required_n=required_n(difference, per_arm[a].reward_sd, per_arm[b].reward_sd, alpha, power_target),
-        power_target=power_target, confidence=confidence,
+        power_target=power_target,
+        confidence=confidence,
     )
 
 
@@ -578,7 +693,9 @@ def accepted(log) -> pd.DataFrame:
     rows = log[pd.to_numeric(log["feedback_status"], errors="coerce") == 200].copy()
     unnamed = rows["feedback_arm"].isna() | (rows["feedback_arm"].astype(str) == "")
     if unnamed.any():
-        raise LogError(f"{int(unnamed.sum())} accepted feedback rows do not say which arm counted them (feedback_arm)")
+        raise LogError(
+            f"{int(unnamed.sum())} accepted feedback rows do not say which arm counted them (feedback_arm)"
+        )
     rows["arm"] = rows["arm"].astype(str)
     rows["feedback_arm"] = rows["feedback_arm"].astype(str)
     return rows
@@ -629,7 +746,9 @@ def scrape_times(url: str, matcher: str = "") -> list[float]:
     return sorted(float(r["value"][1]) for r in result)
 
 
-def wait_for_scrape(url: str, after: float, timeout: float = 30, matcher: str = "", poll: float = 0.25) -> float:
+def wait_for_scrape(
+    url: str, after: float, timeout: float = 30, matcher: str = "", poll: float = 0.25
+) -> float:
     """Wait until every target has been scraped after ``after`` (epoch s); return the newest scrape time.
 
     Counters change inside the servers; Prometheus knows them only at scrape times, so a count
@@ -684,8 +803,14 @@ def _increase(samples: list[tuple[float, float]], since: float | None) -> float:
     return total
 
 
-def counted(url: str, metric: str = FEEDBACK, since: float | None = None, at: float | None = None,
-            deployment: str = DEFAULT_DEPLOYMENT, lookback: float = 3600) -> pd.Series:
+def counted(
+    url: str,
+    metric: str = FEEDBACK,
+    since: float | None = None,
+    at: float | None = None,
+    deployment: str = DEFAULT_DEPLOYMENT,
+    lookback: float = 3600,
+) -> pd.Series:
     """Exactly what ``metric`` counted per predictor after ``since`` (a ``mark()``), as of ``at`` (default now).
 
     Reads the raw samples of every series (an instant query of a range selector, no functions),
@@ -703,8 +828,15 @@ def counted(url: str, metric: str = FEEDBACK, since: float | None = None, at: fl
     return pd.Series(totals, dtype="float64").sort_index()
 
 
-def cross_check(log, url: str, since: float | None = None, until: float | None = None,
-                deployment: str = DEFAULT_DEPLOYMENT, timeout: float = 30, matcher: str = "") -> pd.DataFrame:
+def cross_check(
+    log,
+    url: str,
+    since: float | None = None,
+    until: float | None = None,
+    deployment: str = DEFAULT_DEPLOYMENT,
+    timeout: float = 30,
+    matcher: str = "",
+) -> pd.DataFrame:
     """Insist that the log's accepted feedback per arm equals Prometheus's count, exactly.
 
     The log counts, per ``feedback_arm`` (the arm whose server counted it - in ingress mode not
@@ -741,7 +873,10 @@ def cross_check(log, url: str, since: float | None = None, until: float | None =
     table.index.name = "arm"
     wrong = table[table["log"] != table["prometheus"]]
     if len(wrong):
-        details = "; ".join(f"{arm}: log {int(r['log'])} accepted, Prometheus counted {r['prometheus']:g}" for arm, r in wrong.iterrows())
+        details = "; ".join(
+            f"{arm}: log {int(r['log'])} accepted, Prometheus counted {r['prometheus']:g}"
+            for arm, r in wrong.iterrows()
+        )
         raise CrossCheckError(f"feedback counts disagree ({details}); since={since}, scrape at {scraped:.3f}")
     table["prometheus"] = table["prometheus"].astype("int64")
     return table
@@ -761,28 +896,40 @@ def dashboard(title: str = "Seldon A/B test (mlflow-seldon)") -> dict:
     datasource = {"type": "prometheus", "uid": "${datasource}"}
     out_panels = []
     for i, panel in enumerate(panels(GRAFANA_WINDOW, GRAFANA_DEPLOYMENT)):
-        out_panels.append({
-            "id": i + 1,
-            "type": "timeseries",
-            "title": panel.title,
-            "description": panel.description,
-            "datasource": datasource,
-            "gridPos": {"h": 8, "w": 12, "x": 12 * (i % 2), "y": 8 * (i // 2)},
-            "fieldConfig": {"defaults": {"unit": panel.unit, "custom": {"lineWidth": 1, "fillOpacity": 0}}, "overrides": []},
-            "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
-                        "tooltip": {"mode": "multi", "sort": "none"}},
-            "targets": [
-                {"refId": chr(ord("A") + j), "datasource": datasource, "expr": expr,
-                 "legendFormat": "{{predictor_name}}" + suffix, "range": True}
-                for j, (_, suffix, expr) in enumerate(panel.queries)
-            ],
-        })
+        out_panels.append(
+            {
+                "id": i + 1,
+                "type": "timeseries",
+                "title": panel.title,
+                "description": panel.description,
+                "datasource": datasource,
+                "gridPos": {"h": 8, "w": 12, "x": 12 * (i % 2), "y": 8 * (i // 2)},
+                "fieldConfig": {
+                    "defaults": {"unit": panel.unit, "custom": {"lineWidth": 1, "fillOpacity": 0}},
+                    "overrides": [],
+                },
+                "options": {
+                    "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+                    "tooltip": {"mode": "multi", "sort": "none"},
+                },
+                "targets": [
+                    {
+                        "refId": chr(ord("A") + j),
+                        "datasource": datasource,
+                        "expr": expr,
+                        "legendFormat": "{{predictor_name}}" + suffix,
+                        "range": True,
+                    }
+                    for j, (_, suffix, expr) in enumerate(panel.queries)
+                ],
+            }
+        )
     deployments = f"label_values({SERVER_REQUESTS}_count, deployment_name)"
     return {
         "uid": DASHBOARD_UID,
         "title": title,
         "description": "Per-arm traffic, errors, latency and mean reward of a Seldon Core v1 A/B test. "
-                       "Generated by `python -m analysis dashboard`; do not edit by hand.",
+        "Generated by `python -m analysis dashboard`; do not edit by hand.",
         "tags": ["seldon", "mlflow", "ab-test"],
         "editable": True,
         "schemaVersion": 39,
@@ -790,13 +937,34 @@ def dashboard(title: str = "Seldon A/B test (mlflow-seldon)") -> dict:
         "refresh": "30s",
         "time": {"from": "now-1h", "to": "now"},
         "timezone": "utc",
-        "templating": {"list": [
-            {"name": "datasource", "label": "Prometheus", "type": "datasource", "query": "prometheus",
-             "current": {}, "hide": 0, "refresh": 1, "regex": ""},
-            {"name": "deployment", "label": "SeldonDeployment", "type": "query", "datasource": datasource,
-             "query": {"query": deployments, "refId": "deployment"}, "definition": deployments,
-             "current": {}, "hide": 0, "refresh": 2, "includeAll": False, "multi": False, "sort": 1},
-        ]},
+        "templating": {
+            "list": [
+                {
+                    "name": "datasource",
+                    "label": "Prometheus",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "current": {},
+                    "hide": 0,
+                    "refresh": 1,
+                    "regex": "",
+                },
+                {
+                    "name": "deployment",
+                    "label": "SeldonDeployment",
+                    "type": "query",
+                    "datasource": datasource,
+                    "query": {"query": deployments, "refId": "deployment"},
+                    "definition": deployments,
+                    "current": {},
+                    "hide": 0,
+                    "refresh": 2,
+                    "includeAll": False,
+                    "multi": False,
+                    "sort": 1,
+                },
+            ]
+        },
         "panels": out_panels,
     }
 
@@ -819,9 +987,13 @@ def dashboard_expressions(document: dict) -> list[tuple[str, str, str]]:
 def report(log, alpha: float = 0.05) -> str:
     """Per-arm table, verdict and (for ingress logs) the attribution, as text."""
     result = verdict(log, alpha=alpha)
-    need = "no finite number (no difference)" if math.isinf(result.required_n) else f"{result.required_n:,.0f}"
+    need = (
+        "no finite number (no difference)" if math.isinf(result.required_n) else f"{result.required_n:,.0f}"
+    )
     parts = [
-        stats_table(result.stats).to_string(float_format=lambda v: f"{v:.3f}"), "", result.sentence,
+        stats_table(result.stats).to_string(float_format=lambda v: f"{v:.3f}"),
+        "",
+        result.sentence,
         f"RMSE {result.first} - {result.second}: {result.rmse_difference:.3f} (95% CI {result.rmse_difference_ci[0]:.3f} "
         f"to {result.rmse_difference_ci[1]:.3f}, BCa bootstrap); requests per arm for {result.power_target:.0%} power "
         f"at the observed difference: {need}",
@@ -837,7 +1009,9 @@ def main(argv=None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("dashboard", help="print the Grafana dashboard JSON (serving/grafana/ab-test.json)")
     rep = commands.add_parser("report", help="per-arm statistics and the verdict from a feedback log")
-    rep.add_argument("logs", nargs="+", metavar="log", help="CSV log(s) written by feedback.py, each reported on its own")
+    rep.add_argument(
+        "logs", nargs="+", metavar="log", help="CSV log(s) written by feedback.py, each reported on its own"
+    )
     rep.add_argument("--alpha", type=float, default=0.05)
     args = parser.parse_args(argv)
     if args.command == "dashboard":

@@ -54,8 +54,20 @@ RUNS_DIR = REPO / "runs"
 REWARD_FLOOR = 1e-6
 JSON_HEADERS = {"Content-Type": "application/json"}
 LOG_COLUMNS = [
-    "request_id", "arm", "node", "truth", "prediction", "reward", "predict_ms", "feedback_ms",
-    "feedback_via", "feedback_arm", "predict_status", "feedback_status", "attempts", "error",
+    "request_id",
+    "arm",
+    "node",
+    "truth",
+    "prediction",
+    "reward",
+    "predict_ms",
+    "feedback_ms",
+    "feedback_via",
+    "feedback_arm",
+    "predict_status",
+    "feedback_status",
+    "attempts",
+    "error",
 ]
 
 
@@ -98,7 +110,7 @@ class Endpoints:
     nodes: dict[str, str]
 
     @classmethod
-    def local(cls, state_dir: str | Path | None = None) -> "Endpoints":
+    def local(cls, state_dir: str | Path | None = None) -> Endpoints:
         """The endpoints of the running local stack; one clear error when none is running."""
         from serving import deployment as sdep
         from serving.local import DEFAULT_STATE_DIR, LocalStack
@@ -150,7 +162,9 @@ class ReplayResult:
 
 # ------------------------------------------------------------------------------------ replay
 class Replayer:
-    def __init__(self, endpoints: Endpoints, feedback_via: str = "arm", retries: int = 3, timeout: float = 30.0):
+    def __init__(
+        self, endpoints: Endpoints, feedback_via: str = "arm", retries: int = 3, timeout: float = 30.0
+    ):
         if feedback_via not in ("arm", "ingress"):
             raise ValueError(f"feedback_via must be 'arm' or 'ingress', got {feedback_via!r}")
         self.endpoints = endpoints
@@ -162,9 +176,11 @@ class Replayer:
         self.predict_url = f"{ingress}/predictions"
         self.ingress_feedback_url = f"{ingress}/feedback"
         # the predictor's own endpoint speaks the executor's API: /api/v1.0/{predictions,feedback}
-        self.arm_feedback_urls = {name: f"http://{address}/api/v1.0/feedback" for name, address in endpoints.predictors.items()}
+        self.arm_feedback_urls = {
+            name: f"http://{address}/api/v1.0/feedback" for name, address in endpoints.predictors.items()
+        }
 
-    async def _post(self, connections: "Connections", url: str, body: dict) -> tuple[int, dict | None, str]:
+    async def _post(self, connections: Connections, url: str, body: dict) -> tuple[int, dict | None, str]:
         """POST JSON; (status, parsed body or None, error text). Raises only when no answer came."""
         status, text = await connections.post(url, json.dumps(body).encode(), self.timeout)
         try:
@@ -174,8 +190,16 @@ class Replayer:
         error = "" if status == 200 else f"{status} {text[:200].decode(errors='replace')}".strip()
         return status, parsed if isinstance(parsed, dict) else None, error
 
-    async def one(self, connections: "Connections", request_id: int, features: np.ndarray, truth: float) -> dict:
-        row = {"request_id": request_id, "truth": truth, "feedback_via": self.feedback_via, "attempts": 0, "error": ""}
+    async def one(
+        self, connections: Connections, request_id: int, features: np.ndarray, truth: float
+    ) -> dict:
+        row = {
+            "request_id": request_id,
+            "truth": truth,
+            "feedback_via": self.feedback_via,
+            "attempts": 0,
+            "error": "",
+        }
         request = prediction_request(features)
         # 1. predict through the ingress; retrying a prediction is harmless
         start = time.perf_counter()
@@ -187,7 +211,7 @@ class Replayer:
                 if status == 200 and response is not None:
                     break
                 error = f"predict: {error or 'the answer is not a JSON object'}"
-            except (NoAnswer, asyncio.TimeoutError) as e:  # no answer at all
+            except (TimeoutError, NoAnswer) as e:  # no answer at all
                 status, response, error = None, None, f"predict: {type(e).__name__}: {e}"
             await asyncio.sleep(0.05 * 2**attempt)
         row["predict_ms"] = (time.perf_counter() - start) * 1000
@@ -218,7 +242,7 @@ class Replayer:
         for attempt in range(1, self.retries + 2):
             try:
                 status, answer, error = await self._post(connections, url, body)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 # the request may have been counted: report it, never send it twice
                 row["feedback_status"], row["error"] = None, f"feedback: no answer within {self.timeout:g} s"
                 break
@@ -241,8 +265,15 @@ class Replayer:
         row["feedback_ms"] = (time.perf_counter() - start) * 1000
         return row
 
-    async def _replay(self, features: np.ndarray, truths: np.ndarray, ids: np.ndarray, concurrency: int,
-                      progress: bool, rate: float | None = None) -> list[dict]:
+    async def _replay(
+        self,
+        features: np.ndarray,
+        truths: np.ndarray,
+        ids: np.ndarray,
+        concurrency: int,
+        progress: bool,
+        rate: float | None = None,
+    ) -> list[dict]:
         semaphore = asyncio.Semaphore(concurrency)
         bar = tqdm(total=len(ids), desc="replay", unit="req", disable=not progress)
         connections = Connections(concurrency)
@@ -265,8 +296,9 @@ class Replayer:
             bar.close()
             await connections.close()
 
-    def replay(self, rows: pd.DataFrame, concurrency: int = 8, progress: bool = True,
-               rate: float | None = None) -> pd.DataFrame:
+    def replay(
+        self, rows: pd.DataFrame, concurrency: int = 8, progress: bool = True, rate: float | None = None
+    ) -> pd.DataFrame:
         features = rows[FEATURES].to_numpy(dtype="float64")
         truths = rows[TARGET].to_numpy(dtype="float64")
         ids = rows.index.to_numpy()
@@ -292,15 +324,18 @@ class Connections:
     def __init__(self, concurrency: int):
         # kept-alive connections are dropped after 1.5 s, before gunicorn (2 s) closes them
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=4 * concurrency, keepalive_timeout=1.5), headers=JSON_HEADERS,
+            connector=aiohttp.TCPConnector(limit=4 * concurrency, keepalive_timeout=1.5),
+            headers=JSON_HEADERS,
         )
 
     async def post(self, url: str, body: bytes, timeout: float) -> tuple[int, bytes]:
         """(status, payload); raises NoAnswer when no answer came, TimeoutError after ``timeout``."""
         try:
-            async with self.session.post(url, data=body, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            async with self.session.post(
+                url, data=body, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as response:
                 return response.status, await response.read()
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise  # the request may have arrived: the caller must not send it twice
         except aiohttp.ClientError as e:
             raise NoAnswer(f"{type(e).__name__}: {e}") from e
@@ -377,7 +412,9 @@ def replay(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log.to_csv(log_path, index=False)
     failures = log[log["feedback_status"] != 200]
-    return ReplayResult(log=log, seconds=seconds, path=log_path, failures=failures, started=started, finished=finished)
+    return ReplayResult(
+        log=log, seconds=seconds, path=log_path, failures=failures, started=started, finished=finished
+    )
 
 
 def main(argv=None) -> int:
@@ -388,18 +425,30 @@ def main(argv=None) -> int:
     target.add_argument("--namespace", default="default")
     target.add_argument("--deployment", default="wines-classifier")
     target.add_argument(
-        "--predictor", action="append", default=[], metavar="NAME=HOST:PORT",
+        "--predictor",
+        action="append",
+        default=[],
+        metavar="NAME=HOST:PORT",
         help="cluster: a predictor's own endpoint (its <sdep>-<predictor> Service); repeat per arm",
     )
-    target.add_argument("--node", action="append", default=[], metavar="NODE=PREDICTOR",
-                        help="cluster: graph node -> predictor (default: same names)")
+    target.add_argument(
+        "--node",
+        action="append",
+        default=[],
+        metavar="NODE=PREDICTOR",
+        help="cluster: graph node -> predictor (default: same names)",
+    )
     parser.add_argument("--limit", type=int, help="replay only this many rows")
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=SEED, help="the training split's seed (and the replay order)")
+    parser.add_argument(
+        "--seed", type=int, default=SEED, help="the training split's seed (and the replay order)"
+    )
     parser.add_argument("--feedback-via", choices=["arm", "ingress"], default="arm")
     parser.add_argument("--log", help="CSV log path (default runs/feedback-<via>-<time>.csv)")
     parser.add_argument("--retries", type=int, default=3)
-    parser.add_argument("--rate", type=float, help="rows per second, like production traffic (default: as fast as possible)")
+    parser.add_argument(
+        "--rate", type=float, help="rows per second, like production traffic (default: as fast as possible)"
+    )
     args = parser.parse_args(argv)
     try:
         if args.ingress:
@@ -410,15 +459,27 @@ def main(argv=None) -> int:
             endpoints = Endpoints(args.ingress, args.namespace, args.deployment, predictors, nodes)
         else:
             endpoints = Endpoints.local(args.state_dir)
-        result = replay(endpoints, args.limit, args.concurrency, args.seed, args.feedback_via, args.log, args.retries,
-                        rate=args.rate)
+        result = replay(
+            endpoints,
+            args.limit,
+            args.concurrency,
+            args.seed,
+            args.feedback_via,
+            args.log,
+            args.retries,
+            rate=args.rate,
+        )
     except (StackNotRunning, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(result.summary())
     print(f"log: {result.path}")
     if len(result.failures):
-        print(result.failures[["request_id", "arm", "predict_status", "feedback_status", "error"]].to_string(index=False))
+        print(
+            result.failures[["request_id", "arm", "predict_status", "feedback_status", "error"]].to_string(
+                index=False
+            )
+        )
         return 2
     return 0
 

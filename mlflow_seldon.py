@@ -70,22 +70,23 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-from IPython.display import Image, Markdown, display
+from IPython.display import Markdown, display
 
 import analysis
 import feedback
 import promotion
-from serving import deployment as sdep
 from training import tracking
 from training.arms import ARMS
-from training.data import FEATURES, TARGET as LABEL, load_wine_quality, split_holdout
+from training.data import FEATURES, load_wine_quality, split_holdout
 
 assert TARGET in ("local", "cluster"), f"TARGET must be 'local' or 'cluster', got {TARGET!r}"
 tracking.use_local_store()
 wine = load_wine_quality()
 train_rows, holdout_rows = split_holdout(wine)
-print(f"MLflow {mlflow.__version__}; {len(wine)} wines, {len(FEATURES)} features; "
-      f"{len(train_rows)} rows to train on, {len(holdout_rows)} held out as production traffic")
+print(
+    f"MLflow {mlflow.__version__}; {len(wine)} wines, {len(FEATURES)} features; "
+    f"{len(train_rows)} rows to train on, {len(holdout_rows)} held out as production traffic"
+)
 wine.head(3)
 
 # %% [markdown]
@@ -117,9 +118,13 @@ versions = {alias: tracking.run_arm(alias=alias, **params) for alias, params in 
 # models are looked up by name and alias.
 
 # %%
-runs = mlflow.search_runs(experiment_names=[tracking.EXPERIMENT], filter_string="attributes.status = 'FINISHED'")
+runs = mlflow.search_runs(
+    experiment_names=[tracking.EXPERIMENT], filter_string="attributes.status = 'FINISHED'"
+)
 latest = runs[runs["run_id"].isin([v.run_id for v in versions.values()])]
-latest[["tags.mlflow.runName", "params.alpha", "params.l1_ratio", "metrics.rmse", "metrics.mae", "metrics.r2"]]
+latest[
+    ["tags.mlflow.runName", "params.alpha", "params.l1_ratio", "metrics.rmse", "metrics.mae", "metrics.r2"]
+]
 
 # %% [markdown]
 # ![the MLflow UI with both runs](images/mlflow-ui.png)
@@ -135,12 +140,17 @@ latest[["tags.mlflow.runName", "params.alpha", "params.l1_ratio", "metrics.rmse"
 import yaml
 
 mlmodel = yaml.safe_load(open(mlflow.artifacts.download_artifacts(tracking.model_uri("a")) + "/MLmodel"))
-print(yaml.safe_dump({key: mlmodel[key] for key in ("flavors", "signature", "mlflow_version")}, sort_keys=False))
+print(
+    yaml.safe_dump({key: mlmodel[key] for key in ("flavors", "signature", "mlflow_version")}, sort_keys=False)
+)
 
 # %%
-display(Markdown(
-    "Registry aliases: " + ", ".join(f"`@{alias}` → version {v}" for alias, v in tracking.aliases().items())
-))
+display(
+    Markdown(
+        "Registry aliases: "
+        + ", ".join(f"`@{alias}` → version {v}" for alias, v in tracking.aliases().items())
+    )
+)
 
 # %% [markdown]
 # ## 2. Get the models to where the server reads them
@@ -157,8 +167,13 @@ if TARGET == "cluster":
     published = publish.publish(BUCKET, manifest=MANIFEST)  # each arm's folder, checksummed
     cluster_manifest = Path(WORK_DIR) / "model-a-b.cluster.yaml"
     cluster_manifest.parent.mkdir(parents=True, exist_ok=True)
-    cluster_manifest.write_text(render.dump(render.render_deployment(
-        {uri: p.uri for uri, p in published.items()}, namespace=NAMESPACE, env_secret=STORAGE_SECRET)))
+    cluster_manifest.write_text(
+        render.dump(
+            render.render_deployment(
+                {uri: p.uri for uri, p in published.items()}, namespace=NAMESPACE, env_secret=STORAGE_SECRET
+            )
+        )
+    )
     display(pd.Series({uri: p.uri for uri, p in published.items()}, name="modelUri on the cluster"))
 else:
     print("local target: the model servers read models:/ URIs from the registry, nothing to copy")
@@ -197,20 +212,28 @@ if TARGET == "local":
 else:  # the same file, rendered with bucket URIs, applied with the Kubernetes client (= kubectl apply -f)
     import subprocess
 
-    from serving.cluster import deploy, endpoints as cluster
+    from serving.cluster import deploy
+    from serving.cluster import endpoints as cluster
 
     deploy.deploy(cluster_manifest)  # create or replace, then wait until Available
     where = cluster.cluster_endpoints(cluster_manifest, ingress=INGRESS)
     # each arm's own Service, reached through a port-forward (stopped in the clean-up)
-    forwards = [subprocess.Popen(c.split(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                for c in where.port_forward_commands()]
+    forwards = [
+        subprocess.Popen(c.split(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for c in where.port_forward_commands()
+    ]
     time.sleep(3)
     endpoints = feedback.Endpoints(
-        gateway=INGRESS, namespace=NAMESPACE, deployment=where.deployment,
-        predictors={p: url.split("://", 1)[1] for p, url in where.predictor_urls.items()}, nodes=where.nodes,
+        gateway=INGRESS,
+        namespace=NAMESPACE,
+        deployment=where.deployment,
+        predictors={p: url.split("://", 1)[1] for p, url in where.predictor_urls.items()},
+        nodes=where.nodes,
     )
     prometheus_url = PROMETHEUS
-print(f"ingress: http://{endpoints.gateway}/seldon/{endpoints.namespace}/{endpoints.deployment}/api/v1.0/predictions")
+print(
+    f"ingress: http://{endpoints.gateway}/seldon/{endpoints.namespace}/{endpoints.deployment}/api/v1.0/predictions"
+)
 for name, address in endpoints.predictors.items():
     print(f"{name}: http://{address}/api/v1.0/predictions")
 
@@ -231,8 +254,9 @@ GATEWAY, NS, SDEP = endpoints.gateway, endpoints.namespace, endpoints.deployment
 # %%
 from seldon_core.seldon_client import SeldonClient
 
-client = SeldonClient(gateway="istio", gateway_endpoint=GATEWAY, namespace=NS, deployment_name=SDEP,
-                      client_return_type="proto")
+client = SeldonClient(
+    gateway="istio", gateway_endpoint=GATEWAY, namespace=NS, deployment_name=SDEP, client_return_type="proto"
+)
 answer = client.predict(data=holdout_rows[FEATURES].to_numpy()[:1], names=FEATURES, payload_type="ndarray")
 print(answer.response)
 
@@ -257,8 +281,15 @@ print(answer.response)
 
 # %%
 baseline = analysis.mark(prometheus_url)  # Prometheus has read every counter: count from here
-replay = feedback.replay(endpoints, limit=REPLAY_LIMIT, concurrency=CONCURRENCY, feedback_via="arm",
-                         rate=REPLAY_RATE, log_path=Path(WORK_DIR) / "feedback-arm.csv", progress=False)
+replay = feedback.replay(
+    endpoints,
+    limit=REPLAY_LIMIT,
+    concurrency=CONCURRENCY,
+    feedback_via="arm",
+    rate=REPLAY_RATE,
+    log_path=Path(WORK_DIR) / "feedback-arm.csv",
+    progress=False,
+)
 print(replay.summary())
 
 # %% [markdown]
@@ -306,18 +337,26 @@ display(Markdown(f"**Verdict.** {verdict.sentence}"))
 # that way and reading, from each feedback response, which arm counted it:
 
 # %%
-flawed = feedback.replay(endpoints, limit=400, concurrency=CONCURRENCY, feedback_via="ingress",
-                         log_path=Path(WORK_DIR) / "feedback-ingress.csv", progress=False)
+flawed = feedback.replay(
+    endpoints,
+    limit=400,
+    concurrency=CONCURRENCY,
+    feedback_via="ingress",
+    log_path=Path(WORK_DIR) / "feedback-ingress.csv",
+    progress=False,
+)
 attributed = analysis.attribution(flawed.log)
 print(attributed.summary())
 
 # %%
-display(Markdown(
-    f"Only **{attributed.fraction:.0%}** of the rewards reached the model that earned them; with "
-    f"feedback to each arm's own endpoint (step 5) it was "
-    f"**{analysis.attribution(replay.log).fraction:.0%}**. A dashboard built on the mixed counters "
-    "pulls both arms' mean rewards towards each other and hides the difference."
-))
+display(
+    Markdown(
+        f"Only **{attributed.fraction:.0%}** of the rewards reached the model that earned them; with "
+        f"feedback to each arm's own endpoint (step 5) it was "
+        f"**{analysis.attribution(replay.log).fraction:.0%}**. A dashboard built on the mixed counters "
+        "pulls both arms' mean rewards towards each other and hides the difference."
+    )
+)
 
 # %% [markdown]
 # ## 8. Promote the winner
@@ -328,21 +367,34 @@ display(Markdown(
 # requests the test needs. `python promotion.py rollback` undoes it.
 
 # %%
-outcome = promotion.promote(replay.log, manifest=manifest, record=Path(WORK_DIR) / "promotions.json",
-                            state_dir=STATE_DIR)
+outcome = promotion.promote(
+    replay.log, manifest=manifest, record=Path(WORK_DIR) / "promotions.json", state_dir=STATE_DIR
+)
 print(outcome)
 
 # %%
 if outcome.promoted:
-    check = feedback.replay(endpoints, limit=100, concurrency=CONCURRENCY, progress=False,
-                            log_path=Path(WORK_DIR) / "feedback-after-promotion.csv")
+    check = feedback.replay(
+        endpoints,
+        limit=100,
+        concurrency=CONCURRENCY,
+        progress=False,
+        log_path=Path(WORK_DIR) / "feedback-after-promotion.csv",
+    )
     print("100 requests after promotion, served by:", check.log["arm"].value_counts().to_dict())
 
 # %%
 if TARGET == "cluster" and outcome.promoted:  # the promoted split, rendered and applied again
-    cluster_manifest.write_text(render.dump(render.render_deployment(
-        {uri: p.uri for uri, p in published.items()}, namespace=NAMESPACE, env_secret=STORAGE_SECRET,
-        source=manifest)))
+    cluster_manifest.write_text(
+        render.dump(
+            render.render_deployment(
+                {uri: p.uri for uri, p in published.items()},
+                namespace=NAMESPACE,
+                env_secret=STORAGE_SECRET,
+                source=manifest,
+            )
+        )
+    )
     deploy.deploy(cluster_manifest)
 
 # %% [markdown]

@@ -77,7 +77,7 @@ def model_version(model_uri: str) -> tuple[str, str]:
             f"modelUri {model_uri!r} is not a registry model (models:/<name>@<alias> or models:/<name>/<version>): "
             "there is no version to make champion"
         )
-    rest = model_uri[len("models:/"):]
+    rest = model_uri[len("models:/") :]
     try:
         if "@" in rest:
             name, alias = rest.split("@", 1)
@@ -85,7 +85,9 @@ def model_version(model_uri: str) -> tuple[str, str]:
         name, _, number = rest.partition("/")
         return name, str(_client().get_model_version(name, number).version)
     except MlflowException as e:
-        raise PromotionError(f"modelUri {model_uri}: not found in the registry ({e.message.splitlines()[0]})") from e
+        raise PromotionError(
+            f"modelUri {model_uri}: not found in the registry ({e.message.splitlines()[0]})"
+        ) from e
 
 
 def champion(name: str) -> str | None:
@@ -136,8 +138,13 @@ def apply_locally(manifest: Path, state_dir: str | Path | None) -> dict | None:
 
 
 # ------------------------------------------------------------------------------ promote / rollback
-def promote(log, manifest: str | Path = DEFAULT_MANIFEST, record: str | Path = DEFAULT_RECORD,
-            state_dir: str | Path | None = None, alpha: float = 0.05) -> Outcome:
+def promote(
+    log,
+    manifest: str | Path = DEFAULT_MANIFEST,
+    record: str | Path = DEFAULT_RECORD,
+    state_dir: str | Path | None = None,
+    alpha: float = 0.05,
+) -> Outcome:
     """Make the winner champion and give it all the traffic - only if the verdict is significant."""
     manifest, record = Path(manifest), Path(record)
     result = analysis.verdict(log, alpha=alpha)
@@ -148,14 +155,20 @@ def promote(log, manifest: str | Path = DEFAULT_MANIFEST, record: str | Path = D
     names = [p.name for p in deployment.predictors]
     strangers = [arm for arm in (result.first, result.second) if arm not in names]
     if strangers:
-        raise PromotionError(f"the log's arms {strangers} are not predictors of {manifest} ({names}): wrong log or manifest?")
+        raise PromotionError(
+            f"the log's arms {strangers} are not predictors of {manifest} ({names}): wrong log or manifest?"
+        )
     winner = deployment.predictor(result.winner)
     name, version = model_version(winner.model_uri)
     previous = champion(name)
     split = {p: 100 if p == winner.name else 0 for p in names}
     if previous == version and deployment.traffic == split:
-        return Outcome(False, f"nothing changed - {winner.name} (version {version}) is already champion with all the traffic. "
-                              f"{result.sentence}", result)
+        return Outcome(
+            False,
+            f"nothing changed - {winner.name} (version {version}) is already champion with all the traffic. "
+            f"{result.sentence}",
+            result,
+        )
 
     _point_champion(name, version)
     try:
@@ -181,7 +194,11 @@ def promote(log, manifest: str | Path = DEFAULT_MANIFEST, record: str | Path = D
     document.setdefault(entry["manifest"], []).append(entry)
     _write_record(record, document)
     applied = apply_locally(manifest, state_dir)
-    where = "the local gateway applied it" if applied else "no local stack serves it: on a cluster, `kubectl apply -f` it"
+    where = (
+        "the local gateway applied it"
+        if applied
+        else "no local stack serves it: on a cluster, `kubectl apply -f` it"
+    )
     message = (
         f"promoted {winner.name}: {name}@{CHAMPION} -> version {version} (was {previous or 'unset'}); "
         f"traffic {_split(old_split)} -> {_split(split)} in {manifest} ({where}). {result.sentence}"
@@ -189,8 +206,12 @@ def promote(log, manifest: str | Path = DEFAULT_MANIFEST, record: str | Path = D
     return Outcome(True, message, result, entry, applied)
 
 
-def rollback(manifest: str | Path = DEFAULT_MANIFEST, record: str | Path = DEFAULT_RECORD,
-             state_dir: str | Path | None = None, force: bool = False) -> Outcome:
+def rollback(
+    manifest: str | Path = DEFAULT_MANIFEST,
+    record: str | Path = DEFAULT_RECORD,
+    state_dir: str | Path | None = None,
+    force: bool = False,
+) -> Outcome:
     """Undo the latest promotion of ``manifest``: the alias's previous target and the previous split.
 
     Refuses (changing nothing) when the alias or the split are no longer what that promotion left,
@@ -207,11 +228,16 @@ def rollback(manifest: str | Path = DEFAULT_MANIFEST, record: str | Path = DEFAU
     current_split = sdep.load(manifest).traffic
     drift = []
     if current_version != entry["version"]:
-        drift.append(f"{entry['model']}@{CHAMPION} is version {current_version}, the promotion set {entry['version']}")
+        drift.append(
+            f"{entry['model']}@{CHAMPION} is version {current_version}, the promotion set {entry['version']}"
+        )
     if current_split != entry["split"]:
         drift.append(f"the traffic is {_split(current_split)}, the promotion set {_split(entry['split'])}")
     if drift and not force:
-        raise PromotionError("changed since the promotion, not rolling back (use --force to restore anyway): " + "; ".join(drift))
+        raise PromotionError(
+            "changed since the promotion, not rolling back (use --force to restore anyway): "
+            + "; ".join(drift)
+        )
 
     sdep.set_traffic(manifest, entry["previous_split"])
     _point_champion(entry["model"], entry["previous_version"])
@@ -237,14 +263,26 @@ def main(argv=None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     for command in ("promote", "rollback"):
         sub = commands.add_parser(command)
-        sub.add_argument("--manifest", default=str(DEFAULT_MANIFEST), help="the SeldonDeployment YAML (default %(default)s)")
-        sub.add_argument("--record", default=str(DEFAULT_RECORD), help="where promotions are recorded (default %(default)s)")
+        sub.add_argument(
+            "--manifest",
+            default=str(DEFAULT_MANIFEST),
+            help="the SeldonDeployment YAML (default %(default)s)",
+        )
+        sub.add_argument(
+            "--record",
+            default=str(DEFAULT_RECORD),
+            help="where promotions are recorded (default %(default)s)",
+        )
         sub.add_argument("--state-dir", help="the local stack's state folder (default .stack)")
         if command == "promote":
             sub.add_argument("--log", required=True, help="the feedback log (CSV) written by feedback.py")
-            sub.add_argument("--alpha", type=float, default=0.05, help="significance level (default %(default)s)")
+            sub.add_argument(
+                "--alpha", type=float, default=0.05, help="significance level (default %(default)s)"
+            )
         else:
-            sub.add_argument("--force", action="store_true", help="restore even if alias or split changed since")
+            sub.add_argument(
+                "--force", action="store_true", help="restore even if alias or split changed since"
+            )
     args = parser.parse_args(argv)
     from training.tracking import use_local_store
 

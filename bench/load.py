@@ -61,8 +61,16 @@ def _run(coro):
     return asyncio.run(coro)
 
 
-def closed_loop(url: str, body, n: int, concurrency: int = 1, warmup: int = 50, timeout: float = 10,
-                content_type: str = "application/json", ok=(200,)) -> Run:
+def closed_loop(
+    url: str,
+    body,
+    n: int,
+    concurrency: int = 1,
+    warmup: int = 50,
+    timeout: float = 10,
+    content_type: str = "application/json",
+    ok=(200,),
+) -> Run:
     """Send ``n`` POSTs with ``concurrency`` in flight (after ``warmup`` unmeasured ones)."""
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)
     data = data.encode() if isinstance(data, str) else data
@@ -81,7 +89,7 @@ def closed_loop(url: str, body, n: int, concurrency: int = 1, warmup: int = 50, 
                     async with session.post(url, data=data, headers=headers) as response:
                         await response.read()
                         status = response.status
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     status = 0
                 if record:
                     latencies.append((time.perf_counter() - start) * 1000)
@@ -92,7 +100,9 @@ def closed_loop(url: str, body, n: int, concurrency: int = 1, warmup: int = 50, 
                     await one(record)
 
             def split(total: int) -> list[int]:
-                return [total // concurrency + (1 if i < total % concurrency else 0) for i in range(concurrency)]
+                return [
+                    total // concurrency + (1 if i < total % concurrency else 0) for i in range(concurrency)
+                ]
 
             await asyncio.gather(*(worker(k, False) for k in split(warmup)))
             cpu0, t0 = time.process_time(), time.perf_counter()
@@ -100,9 +110,16 @@ def closed_loop(url: str, body, n: int, concurrency: int = 1, warmup: int = 50, 
             seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         errors = sum(v for k, v in statuses.items() if k not in ok)
         return Run(
-            requests=n, concurrency=concurrency, seconds=seconds, errors=errors,
-            p50_ms=percentile(latencies, 50), p90_ms=percentile(latencies, 90), p99_ms=percentile(latencies, 99),
-            mean_ms=statistics.fmean(latencies), rps=n / seconds, client_cpu_us=cpu / n * 1e6,
+            requests=n,
+            concurrency=concurrency,
+            seconds=seconds,
+            errors=errors,
+            p50_ms=percentile(latencies, 50),
+            p90_ms=percentile(latencies, 90),
+            p99_ms=percentile(latencies, 99),
+            mean_ms=statistics.fmean(latencies),
+            rps=n / seconds,
+            client_cpu_us=cpu / n * 1e6,
             statuses={str(k): v for k, v in sorted(statuses.items())},
         )
 

@@ -94,47 +94,77 @@ def render(results: dict) -> str:
         lines.append(f"| {names.get(t['target'], t['target'])} | {t['goal']} | {value} | {mark(t['met'])} |")
 
     a = results["a"]
-    lines += ["", "**One model server, direct vs through the gateway** (1-row prediction; the gateway's "
-              "predictor port, so the same single server is behind it):", "",
-              "| | p50 ms | p99 ms | req/s, 1 at a time | req/s, 8 at a time | server CPU µs/req (8) |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "**One model server, direct vs through the gateway** (1-row prediction; the gateway's "
+        "predictor port, so the same single server is behind it):",
+        "",
+        "| | p50 ms | p99 ms | req/s, 1 at a time | req/s, 8 at a time | server CPU µs/req (8) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, label in (("direct", "direct to the model server"), ("gateway", "through the gateway")):
         r = a["runs"][name]
-        lines.append(f"| {label} | {ms(r['seq']['p50_ms'])} | {ms(r['seq']['p99_ms'])} | {rate(r['seq']['rps'])} | "
-                     f"{rate(r['c8']['rps'])} | {r['c8'].get('server_cpu_us', 0):.0f} |")
-    lines.append(f"| **difference** | **{a['overhead_p50_ms']:+.2f}** | {a['overhead_p99_ms']:+.2f} | "
-                 f"{a['throughput_ratio_c1']:.2f}x | **{a['throughput_ratio_c8']:.2f}x** | "
-                 f"{a['gateway_cpu_us_per_request_c8']:+.0f} (the gateway) |")
+        lines.append(
+            f"| {label} | {ms(r['seq']['p50_ms'])} | {ms(r['seq']['p99_ms'])} | {rate(r['seq']['rps'])} | "
+            f"{rate(r['c8']['rps'])} | {r['c8'].get('server_cpu_us', 0):.0f} |"
+        )
+    lines.append(
+        f"| **difference** | **{a['overhead_p50_ms']:+.2f}** | {a['overhead_p99_ms']:+.2f} | "
+        f"{a['throughput_ratio_c1']:.2f}x | **{a['throughput_ratio_c8']:.2f}x** | "
+        f"{a['gateway_cpu_us_per_request_c8']:+.0f} (the gateway) |"
+    )
 
     b = results["b"]
     ours = b["runs"]["ours (seldon-core)"]["seq"]["p50_ms"]
-    lines += ["", "**Model servers, same model** (each one process, its defaults; ours as in "
-              "`serving/model-a-b.yaml`: 1 gunicorn worker x 4 threads):", "",
-              "| server | p50 ms | p99 ms | req/s, 1 at a time | req/s, 8 at a time | server CPU µs/req (1) | p50 vs ours |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "**Model servers, same model** (each one process, its defaults; ours as in "
+        "`serving/model-a-b.yaml`: 1 gunicorn worker x 4 threads):",
+        "",
+        "| server | p50 ms | p99 ms | req/s, 1 at a time | req/s, 8 at a time | server CPU µs/req (1) | p50 vs ours |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, runs in b["runs"].items():
         s, c = runs["seq"], runs["c8"]
-        lines.append(f"| {name} | {ms(s['p50_ms'])} | {ms(s['p99_ms'])} | {rate(s['rps'])} | {rate(c['rps'])} | "
-                     f"{s.get('server_cpu_us', 0):.0f} | {s['p50_ms'] / ours:.1f}x |")
+        lines.append(
+            f"| {name} | {ms(s['p50_ms'])} | {ms(s['p99_ms'])} | {rate(s['rps'])} | {rate(c['rps'])} | "
+            f"{s.get('server_cpu_us', 0):.0f} | {s['p50_ms'] / ours:.1f}x |"
+        )
     for note in b.get("notes", {}).values():
         if str(note).startswith("skipped"):
             lines.append(f"\nMLServer {note}.")
 
     c = results["c"]
-    lines += ["", f"**Replaying the {c['original']['rows']:,} hold-out rows** (prediction + feedback each):", "",
-              "| | seconds | rows/s | feedback accepted | counted by Prometheus | speed-up |", "|---|---|---|---|---|---|"]
-    labels = {"original": "the original example's sequential SeldonClient loop",
-              "feedback.py": "feedback.py (8 in flight)", "feedback.py, concurrency 1": "feedback.py, 1 at a time"}
+    lines += [
+        "",
+        f"**Replaying the {c['original']['rows']:,} hold-out rows** (prediction + feedback each):",
+        "",
+        "| | seconds | rows/s | feedback accepted | counted by Prometheus | speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
+    labels = {
+        "original": "the original example's sequential SeldonClient loop",
+        "feedback.py": "feedback.py (8 in flight)",
+        "feedback.py, concurrency 1": "feedback.py, 1 at a time",
+    }
     for key, label in labels.items():
         r = c[key]
         speed = c["original"]["seconds"] / r["seconds"]
-        lines.append(f"| {label} | {r['seconds']:.1f} | {r['rows_per_s']:,.0f} | {r['accepted']:,} | "
-                     f"{r['prometheus_feedback']:,.0f} | {speed:.1f}x |")
+        lines.append(
+            f"| {label} | {r['seconds']:.1f} | {r['rows_per_s']:,.0f} | {r['accepted']:,} | "
+            f"{r['prometheus_feedback']:,.0f} | {speed:.1f}x |"
+        )
 
     d = results["d"]
     if "stages" in d:
-        lines += ["", f"**The notebook, top to bottom** (`make run`, after install; {d['status']}, "
-                      f"{d['written'][:16].replace('T', ' ')} UTC):", "",
-                  "| stage | seconds |", "|---|---|"]
+        lines += [
+            "",
+            f"**The notebook, top to bottom** (`make run`, after install; {d['status']}, "
+            f"{d['written'][:16].replace('T', ' ')} UTC):",
+            "",
+            "| stage | seconds |",
+            "|---|---|",
+        ]
         lines += [f"| {stage} | {seconds:g} |" for stage, seconds in d["stages"].items()]
         lines.append(f"| **total** | **{d['seconds']:g}** |")
     else:

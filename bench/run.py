@@ -32,7 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -103,7 +103,9 @@ def measure(url: str, body, n: int, concurrency: int, pids: list[int] | None = N
 
 def median_run(runs: list[dict]) -> dict:
     """Per metric, the median over rounds; the rounds themselves are kept."""
-    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and k not in ("requests", "concurrency")]
+    keys = [
+        k for k, v in runs[0].items() if isinstance(v, (int, float)) and k not in ("requests", "concurrency")
+    ]
     summary = {k: round(statistics.median(r[k] for r in runs), 4) for k in keys}
     summary.update(requests=runs[0]["requests"], concurrency=runs[0]["concurrency"], rounds=len(runs))
     return summary
@@ -124,10 +126,14 @@ def interleaved(contenders: dict, rounds: int, shapes: list[tuple[str, int, int]
                 url, body, pids = contenders[name]
                 run = measure(url, body, n, concurrency, pids)
                 raw[name][label].append(run)
-                log(f"  round {r + 1} {label:<5} {name:<22} p50 {run['p50_ms']:.3f} ms  p99 {run['p99_ms']:.3f} ms  "
+                log(
+                    f"  round {r + 1} {label:<5} {name:<22} p50 {run['p50_ms']:.3f} ms  p99 {run['p99_ms']:.3f} ms  "
                     f"{run['rps']:.0f}/s  client {run['client_cpu_us']:.0f} µs/req"
-                    + (f"  server {run['server_cpu_us']:.0f} µs/req" if "server_cpu_us" in run else ""))
-    return {name: {label: median_run(runs) for label, runs in by_label.items()} for name, by_label in raw.items()}
+                    + (f"  server {run['server_cpu_us']:.0f} µs/req" if "server_cpu_us" in run else "")
+                )
+    return {
+        name: {label: median_run(runs) for label, runs in by_label.items()} for name, by_label in raw.items()
+    }
 
 
 # ------------------------------------------------------------------------------------ setup
@@ -165,7 +171,11 @@ def listening(pids: list[int]) -> set[str]:
     found = set()
     for pid in pids:
         try:
-            found |= {c.laddr.ip for c in psutil.Process(pid).net_connections("inet") if c.status == psutil.CONN_LISTEN}
+            found |= {
+                c.laddr.ip
+                for c in psutil.Process(pid).net_connections("inet")
+                if c.status == psutil.CONN_LISTEN
+            }
         except psutil.Error:
             continue
     return found
@@ -185,7 +195,11 @@ def gateway_overhead(stack, rounds: int, n_seq: int, n_conc: int) -> dict:
     body = seldon_body()
     contenders = {
         "direct": (state["urls"]["models"]["model-a"] + "/api/v1.0/predictions", body, model_pids),
-        "gateway": (state["urls"]["predictors"]["model-a"] + "/api/v1.0/predictions", body, model_pids + gateway_pids),
+        "gateway": (
+            state["urls"]["predictors"]["model-a"] + "/api/v1.0/predictions",
+            body,
+            model_pids + gateway_pids,
+        ),
     }
     log("(a) one model server, direct vs through the gateway (the predictor's port)")
     runs = interleaved(contenders, rounds, [("seq", n_seq, 1), ("c8", n_conc, 8)])
@@ -199,18 +213,31 @@ def gateway_overhead(stack, rounds: int, n_seq: int, n_conc: int) -> dict:
         "overhead_p99_ms": round(gateway["seq"]["p99_ms"] - direct["seq"]["p99_ms"], 4),
         "throughput_ratio_c1": round(gateway["seq"]["rps"] / direct["seq"]["rps"], 3),
         "throughput_ratio_c8": round(gateway["c8"]["rps"] / direct["c8"]["rps"], 3),
-        "gateway_cpu_us_per_request_c8": round(gateway["c8"]["server_cpu_us"] - direct["c8"]["server_cpu_us"], 1),
+        "gateway_cpu_us_per_request_c8": round(
+            gateway["c8"]["server_cpu_us"] - direct["c8"]["server_cpu_us"], 1
+        ),
     }
 
 
-def model_servers(stack, model_path: str, workdir: Path, rounds: int, n_seq: int, n_conc: int,
-                  skip_mlserver: bool, started: list) -> dict:
+def model_servers(
+    stack,
+    model_path: str,
+    workdir: Path,
+    rounds: int,
+    n_seq: int,
+    n_conc: int,
+    skip_mlserver: bool,
+    started: list,
+) -> dict:
     from training.data import FEATURES
 
     state = stack.state
     contenders = {
-        "ours (seldon-core)": (state["urls"]["models"]["model-a"] + "/api/v1.0/predictions", seldon_body(),
-                                group_pids(state["processes"]["model-a"]["pid"])),
+        "ours (seldon-core)": (
+            state["urls"]["models"]["model-a"] + "/api/v1.0/predictions",
+            seldon_body(),
+            group_pids(state["processes"]["model-a"]["pid"]),
+        ),
     }
     notes = {}
     log("(b) starting `mlflow models serve` (same model, same venv)")
@@ -219,14 +246,20 @@ def model_servers(stack, model_path: str, workdir: Path, rounds: int, n_seq: int
     serve.start()
     assert_loopback(serve.listening(), serve.name)
     contenders["mlflow models serve"] = (
-        serve.ready_url.rsplit("/", 1)[0] + "/invocations", {"dataframe_split": {"columns": FEATURES, "data": [ROW]}}, serve.pids(),
+        serve.ready_url.rsplit("/", 1)[0] + "/invocations",
+        {"dataframe_split": {"columns": FEATURES, "data": [ROW]}},
+        serve.pids(),
     )
     if skip_mlserver:
         notes["mlserver"] = "skipped (--skip-mlserver)"
     else:
         log("(b) preparing MLServer's own virtualenv (.envs/mlserver; first time only)")
         python, why = servers.ensure_mlserver_env(
-            {"mlflow": metadata.version("mlflow"), "scikit-learn": metadata.version("scikit-learn"), "numpy": metadata.version("numpy")},
+            {
+                "mlflow": metadata.version("mlflow"),
+                "scikit-learn": metadata.version("scikit-learn"),
+                "numpy": metadata.version("numpy"),
+            },
             workdir / "mlserver-install.log",
         )
         if python is None:
@@ -237,27 +270,43 @@ def model_servers(stack, model_path: str, workdir: Path, rounds: int, n_seq: int
             started.append(mls)
             mls.start()
             assert_loopback(mls.listening(), mls.name)
-            v2 = {"parameters": {"content_type": "pd"},
-                  "inputs": [{"name": f, "datatype": "FP64", "shape": [1], "data": [v]} for f, v in zip(FEATURES, ROW)]}
-            contenders["MLServer (mlflow runtime)"] = (mls.ready_url.rsplit("/", 1)[0] + "/infer", v2, mls.pids())
+            v2 = {
+                "parameters": {"content_type": "pd"},
+                "inputs": [
+                    {"name": f, "datatype": "FP64", "shape": [1], "data": [v]} for f, v in zip(FEATURES, ROW)
+                ],
+            }
+            contenders["MLServer (mlflow runtime)"] = (
+                mls.ready_url.rsplit("/", 1)[0] + "/infer",
+                v2,
+                mls.pids(),
+            )
             out = subprocess_version(python, "mlserver")
             notes["mlserver_version"] = out
     runs = interleaved(contenders, rounds, [("seq", n_seq, 1), ("c8", n_conc, 8)])
     for server in started:
         server.stop()
     ours = runs["ours (seldon-core)"]["seq"]["p50_ms"]
-    result = {"runs": runs, "notes": notes,
-              "ours_vs_mlflow_serve_p50_ratio": round(ours / runs["mlflow models serve"]["seq"]["p50_ms"], 3)}
+    result = {
+        "runs": runs,
+        "notes": notes,
+        "ours_vs_mlflow_serve_p50_ratio": round(ours / runs["mlflow models serve"]["seq"]["p50_ms"], 3),
+    }
     if "MLServer (mlflow runtime)" in runs:
-        result["ours_vs_mlserver_p50_ratio"] = round(ours / runs["MLServer (mlflow runtime)"]["seq"]["p50_ms"], 3)
+        result["ours_vs_mlserver_p50_ratio"] = round(
+            ours / runs["MLServer (mlflow runtime)"]["seq"]["p50_ms"], 3
+        )
     return result
 
 
 def subprocess_version(python: Path, package: str) -> str:
     import subprocess
 
-    out = subprocess.run([str(python), "-c", f"from importlib.metadata import version; print(version('{package}'))"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [str(python), "-c", f"from importlib.metadata import version; print(version('{package}'))"],
+        capture_output=True,
+        text=True,
+    )
     return out.stdout.strip()
 
 
@@ -283,21 +332,35 @@ def original_loop(stack, rows) -> dict:
     import feedback
     from training.data import FEATURES, TARGET
 
-    sc = SeldonClient(gateway="ambassador", namespace=stack.namespace, gateway_endpoint=stack.gateway_endpoint,
-                      deployment_name=stack.deployment, client_return_type="proto")
+    sc = SeldonClient(
+        gateway="ambassador",
+        namespace=stack.namespace,
+        gateway_endpoint=stack.gateway_endpoint,
+        deployment_name=stack.deployment,
+        client_return_type="proto",
+    )
     accepted, failed = 0, 0
     start = time.perf_counter()
     for _, row in rows.iterrows():
         X = row[FEATURES].to_numpy(dtype=float).reshape(1, -1)
         r = sc.predict(deployment_name=stack.deployment, data=X, names=FEATURES)
         y_pred = r.response.data.tensor.values[0]
-        sent = sc.feedback(deployment_name=stack.deployment, prediction_request=r.request,
-                           prediction_response=r.response, reward=feedback.reward(row[TARGET], y_pred))
+        sent = sc.feedback(
+            deployment_name=stack.deployment,
+            prediction_request=r.request,
+            prediction_response=r.response,
+            reward=feedback.reward(row[TARGET], y_pred),
+        )
         accepted += bool(r.success and sent.success)
         failed += not (r.success and sent.success)
     seconds = time.perf_counter() - start
-    return {"rows": len(rows), "seconds": round(seconds, 3), "rows_per_s": round(len(rows) / seconds, 1),
-            "accepted": accepted, "failed": failed}
+    return {
+        "rows": len(rows),
+        "seconds": round(seconds, 3),
+        "rows_per_s": round(len(rows) / seconds, 1),
+        "accepted": accepted,
+        "failed": failed,
+    }
 
 
 def replay(stack, workdir: Path, limit: int | None) -> dict:
@@ -315,36 +378,57 @@ def replay(stack, workdir: Path, limit: int | None) -> dict:
     result = {"original": original}
     previous = after_original
     for label, concurrency in (("feedback.py", 8), ("feedback.py, concurrency 1", 1)):
-        run = feedback.replay(endpoints, limit=limit, concurrency=concurrency,
-                              log_path=workdir / f"replay-{concurrency}.csv", progress=False)
+        run = feedback.replay(
+            endpoints,
+            limit=limit,
+            concurrency=concurrency,
+            log_path=workdir / f"replay-{concurrency}.csv",
+            progress=False,
+        )
         total = feedback_total(prom)
         accepted = int((run.log["feedback_status"] == 200).sum())
-        result[label] = {"rows": run.sent, "seconds": round(run.seconds, 3), "rows_per_s": round(run.sent / run.seconds, 1),
-                         "accepted": accepted, "failed": len(run.failures), "prometheus_feedback": total - previous}
+        result[label] = {
+            "rows": run.sent,
+            "seconds": round(run.seconds, 3),
+            "rows_per_s": round(run.sent / run.seconds, 1),
+            "accepted": accepted,
+            "failed": len(run.failures),
+            "prometheus_feedback": total - previous,
+        }
         previous = total
         log(f"    {label}: {result[label]['rows_per_s']} rows/s")
     fast = result["feedback.py"]
     result["speedup"] = round(original["seconds"] / fast["seconds"], 2)
-    result["speedup_concurrency_1"] = round(original["seconds"] / result["feedback.py, concurrency 1"]["seconds"], 2)
-    result["totals_identical"] = (
-        original["accepted"] == fast["accepted"] == len(rows)
-        and original["prometheus_feedback"] == fast["prometheus_feedback"] == len(rows)
+    result["speedup_concurrency_1"] = round(
+        original["seconds"] / result["feedback.py, concurrency 1"]["seconds"], 2
     )
+    result["totals_identical"] = original["accepted"] == fast["accepted"] == len(rows) and original[
+        "prometheus_feedback"
+    ] == fast["prometheus_feedback"] == len(rows)
     return result
 
 
 # ------------------------------------------------------------------------------------ (d)
 def notebook_stages() -> dict:
     if not NOTEBOOK_STAGES.exists():
-        return {"status": "pending: runs/notebook-stages.json not found - `make run` "
-                          "(scripts/run_notebook.py) writes it; run `make bench` after it"}
+        return {
+            "status": "pending: runs/notebook-stages.json not found - `make run` "
+            "(scripts/run_notebook.py) writes it; run `make bench` after it"
+        }
     stages = json.loads(NOTEBOOK_STAGES.read_text())
     if isinstance(stages, dict) and "stages" in stages:
         stages = stages["stages"]
     total = stages.pop("total", None)  # scripts/run_notebook.py writes the sum as "total"
     total = round(float(total) if total is not None else sum(float(v) for v in stages.values()), 1)
-    written = datetime.fromtimestamp(NOTEBOOK_STAGES.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
-    return {"status": "measured by scripts/run_notebook.py", "written": written, "stages": stages, "seconds": total}
+    written = datetime.fromtimestamp(NOTEBOOK_STAGES.stat().st_mtime, UTC).isoformat(
+        timespec="seconds"
+    )
+    return {
+        "status": "measured by scripts/run_notebook.py",
+        "written": written,
+        "stages": stages,
+        "seconds": total,
+    }
 
 
 # ------------------------------------------------------------------------------------ report
@@ -360,7 +444,9 @@ def verdicts(results: dict) -> list[dict]:
     out = []
     for name, (op, target) in TARGETS.items():
         value = values[name]
-        met = None if value is None else {"<=": value <= target, ">=": value >= target, "<": value < target}[op]
+        met = (
+            None if value is None else {"<=": value <= target, ">=": value >= target, "<": value < target}[op]
+        )
         out.append({"target": name, "value": value, "goal": f"{op} {target:g}", "met": met})
     return out
 
@@ -369,16 +455,24 @@ def print_summary(results: dict) -> None:
     a, b, c = results["a"], results["b"], results["c"]
     print("\n=== results (median of rounds) ===")
     for name, runs in a["runs"].items():
-        print(f"(a) {name:<8} seq p50 {runs['seq']['p50_ms']:.3f} ms p99 {runs['seq']['p99_ms']:.3f} ms "
-              f"{runs['seq']['rps']:.0f}/s | c8 {runs['c8']['rps']:.0f}/s")
-    print(f"    gateway overhead p50 +{a['overhead_p50_ms']:.3f} ms, throughput c1 {a['throughput_ratio_c1']:.2f}x "
-          f"c8 {a['throughput_ratio_c8']:.2f}x of direct")
+        print(
+            f"(a) {name:<8} seq p50 {runs['seq']['p50_ms']:.3f} ms p99 {runs['seq']['p99_ms']:.3f} ms "
+            f"{runs['seq']['rps']:.0f}/s | c8 {runs['c8']['rps']:.0f}/s"
+        )
+    print(
+        f"    gateway overhead p50 +{a['overhead_p50_ms']:.3f} ms, throughput c1 {a['throughput_ratio_c1']:.2f}x "
+        f"c8 {a['throughput_ratio_c8']:.2f}x of direct"
+    )
     for name, runs in b["runs"].items():
-        print(f"(b) {name:<26} seq p50 {runs['seq']['p50_ms']:.3f} ms p99 {runs['seq']['p99_ms']:.3f} ms | c8 {runs['c8']['rps']:.0f}/s")
+        print(
+            f"(b) {name:<26} seq p50 {runs['seq']['p50_ms']:.3f} ms p99 {runs['seq']['p99_ms']:.3f} ms | c8 {runs['c8']['rps']:.0f}/s"
+        )
     for label in ("original", "feedback.py", "feedback.py, concurrency 1"):
         r = c[label]
-        print(f"(c) {label:<28} {r['rows']} rows in {r['seconds']:.1f} s ({r['rows_per_s']}/s), "
-              f"accepted {r['accepted']}, Prometheus counted {r['prometheus_feedback']:g}")
+        print(
+            f"(c) {label:<28} {r['rows']} rows in {r['seconds']:.1f} s ({r['rows_per_s']}/s), "
+            f"accepted {r['accepted']}, Prometheus counted {r['prometheus_feedback']:g}"
+        )
     print(f"    speedup {c['speedup']}x, totals identical: {c['totals_identical']}")
     print(f"(d) notebook: {results['d'].get('seconds', results['d']['status'])}")
     print("\n=== targets ===")
@@ -389,14 +483,24 @@ def print_summary(results: dict) -> None:
 
 # ------------------------------------------------------------------------------------ main
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Benchmark the serving path against the alternatives (bench/README.md).")
-    parser.add_argument("--rounds", type=int, default=3, help="repetitions of each measurement, interleaved (median reported)")
+    parser = argparse.ArgumentParser(
+        description="Benchmark the serving path against the alternatives (bench/README.md)."
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="repetitions of each measurement, interleaved (median reported)"
+    )
     parser.add_argument("--requests", type=int, default=1000, help="sequential requests per run")
-    parser.add_argument("--concurrent-requests", type=int, default=3000, help="requests per run at concurrency 8")
-    parser.add_argument("--replay-limit", type=int, default=None, help="replay only this many hold-out rows (default all)")
+    parser.add_argument(
+        "--concurrent-requests", type=int, default=3000, help="requests per run at concurrency 8"
+    )
+    parser.add_argument(
+        "--replay-limit", type=int, default=None, help="replay only this many hold-out rows (default all)"
+    )
     parser.add_argument("--skip-mlserver", action="store_true", help="do not install or run MLServer")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, tracking store)")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary folder (logs, tracking store)"
+    )
     args = parser.parse_args(argv)
 
     if not os.environ.get("WINE_QUALITY_CSV") and SHARED_DATA.is_file():
@@ -410,8 +514,11 @@ def main(argv=None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="mlflow-seldon-bench-"))
     started: list[servers.Server] = []
     stack = None
-    results: dict = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
-                     "load_average_before": [round(x, 2) for x in os.getloadavg()]}
+    results: dict = {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+    }
     t0 = time.perf_counter()
     try:
         log(f"training both arms into a private tracking store ({workdir})")
@@ -420,16 +527,31 @@ def main(argv=None) -> int:
 
         from serving.local import LocalStack
 
-        model_path = artifacts.download_artifacts(f"models:/wines-classifier/{versions['a'].version}",
-                                                  dst_path=str(workdir / "model-a"))
+        model_path = artifacts.download_artifacts(
+            f"models:/wines-classifier/{versions['a'].version}", dst_path=str(workdir / "model-a")
+        )
         log("starting the local stack on free loopback ports")
         stack = LocalStack.up(stack_manifest(workdir), port=0, state_dir=workdir / "stack", timeout=240)
-        assert_loopback(listening(sum((group_pids(p["pid"]) for p in stack.state["processes"].values()), [])), "the stack")
-        results["parameters"] = {"rounds": args.rounds, "sequential_requests": args.requests,
-                                 "concurrent_requests": args.concurrent_requests, "replay_limit": args.replay_limit}
+        assert_loopback(
+            listening(sum((group_pids(p["pid"]) for p in stack.state["processes"].values()), [])), "the stack"
+        )
+        results["parameters"] = {
+            "rounds": args.rounds,
+            "sequential_requests": args.requests,
+            "concurrent_requests": args.concurrent_requests,
+            "replay_limit": args.replay_limit,
+        }
         results["a"] = gateway_overhead(stack, args.rounds, args.requests, args.concurrent_requests)
-        results["b"] = model_servers(stack, model_path, workdir, args.rounds, args.requests, args.concurrent_requests,
-                                     args.skip_mlserver, started)
+        results["b"] = model_servers(
+            stack,
+            model_path,
+            workdir,
+            args.rounds,
+            args.requests,
+            args.concurrent_requests,
+            args.skip_mlserver,
+            started,
+        )
         results["c"] = replay(stack, workdir, args.replay_limit)
         results["d"] = notebook_stages()
         results["targets"] = verdicts(results)
@@ -451,8 +573,10 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=_jsonable))
     print_summary(results)
-    print(f"\nwrote {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out} "
-          f"in {results['seconds']:.0f} s; render it into README.md with `.venv/bin/python bench/report.py`")
+    print(
+        f"\nwrote {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out} "
+        f"in {results['seconds']:.0f} s; render it into README.md with `.venv/bin/python bench/report.py`"
+    )
     return 0
 
 

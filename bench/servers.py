@@ -42,11 +42,16 @@ class Server:
     cwd: Path | None = None
     popen: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 120) -> "Server":
+    def start(self, timeout: float = 120) -> Server:
         with open(self.log, "ab") as log:
             self.popen = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **self.env}, cwd=self.cwd, process_group=0,
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
+                cwd=self.cwd,
+                process_group=0,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -86,7 +91,11 @@ class Server:
         addresses = set()
         for pid in self.pids():
             try:
-                addresses |= {c.laddr.ip for c in psutil.Process(pid).net_connections("inet") if c.status == psutil.CONN_LISTEN}
+                addresses |= {
+                    c.laddr.ip
+                    for c in psutil.Process(pid).net_connections("inet")
+                    if c.status == psutil.CONN_LISTEN
+                }
             except psutil.Error:
                 continue
         return addresses
@@ -120,8 +129,21 @@ def mlflow_serve(model_path: str, workdir: Path) -> Server:
     bin_dir = str(Path(sys.executable).parent)
     return Server(
         name="mlflow models serve",
-        argv=[sys.executable, "-m", "mlflow", "models", "serve", "-m", model_path, "--env-manager", "local",
-              "-h", HOST, "-p", str(port)],
+        argv=[
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            model_path,
+            "--env-manager",
+            "local",
+            "-h",
+            HOST,
+            "-p",
+            str(port),
+        ],
         ready_url=f"http://{HOST}:{port}/ping",
         log=workdir / "mlflow-serve.log",
         # it starts `uvicorn` by name: the venv's
@@ -141,7 +163,9 @@ def ensure_mlserver_env(versions: dict[str, str], log: Path) -> tuple[Path | Non
     """
     python = mlserver_python()
     if python is not None:
-        check = subprocess.run([str(python), "-c", "import mlserver, mlserver_mlflow"], capture_output=True, text=True)
+        check = subprocess.run(
+            [str(python), "-c", "import mlserver, mlserver_mlflow"], capture_output=True, text=True
+        )
         if check.returncode == 0:
             return python, ""
     pins = [f"{name}=={version}" for name, version in versions.items()]
@@ -150,7 +174,16 @@ def ensure_mlserver_env(versions: dict[str, str], log: Path) -> tuple[Path | Non
     pins.append("uvloop<0.22")
     steps = [
         [sys.executable, "-m", "venv", str(MLSERVER_ENV)],
-        [str(MLSERVER_ENV / "bin" / "python"), "-m", "pip", "install", "--quiet", "mlserver", "mlserver-mlflow", *pins],
+        [
+            str(MLSERVER_ENV / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "mlserver",
+            "mlserver-mlflow",
+            *pins,
+        ],
     ]
     with open(log, "ab") as out:
         for step in steps:
@@ -164,12 +197,25 @@ def mlserver(python: Path, model_path: str, workdir: Path) -> Server:
     folder = workdir / "mlserver"
     (folder / "wines").mkdir(parents=True, exist_ok=True)
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
-    (folder / "settings.json").write_text(json.dumps({
-        "host": HOST, "http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port,
-    }))
-    (folder / "wines" / "model-settings.json").write_text(json.dumps({
-        "name": "wines", "implementation": "mlserver_mlflow.MLflowRuntime", "parameters": {"uri": model_path},
-    }))
+    (folder / "settings.json").write_text(
+        json.dumps(
+            {
+                "host": HOST,
+                "http_port": http_port,
+                "grpc_port": grpc_port,
+                "metrics_port": metrics_port,
+            }
+        )
+    )
+    (folder / "wines" / "model-settings.json").write_text(
+        json.dumps(
+            {
+                "name": "wines",
+                "implementation": "mlserver_mlflow.MLflowRuntime",
+                "parameters": {"uri": model_path},
+            }
+        )
+    )
     return Server(
         name="MLServer",
         argv=[str(python.parent / "mlserver"), "start", str(folder)],

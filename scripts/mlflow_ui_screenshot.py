@@ -31,9 +31,17 @@ from training.tracking import EXPERIMENT, MODEL_NAME, tracking_uri  # noqa: E402
 
 # the flags this machine needs: no sandbox as root, and no background traffic to Google
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--hide-scrollbars", "--window-size=1400,720", "--virtual-time-budget=10000",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--window-size=1400,720",
+    "--virtual-time-budget=10000",
 ]
 
 
@@ -73,8 +81,21 @@ def visible_text(html: str) -> str:
 
 def start_mlflow_ui(store: str, port: int) -> subprocess.Popen:
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, process_group=0,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            store,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        process_group=0,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -104,8 +125,15 @@ def screenshot(output: Path, store: str | None = None) -> str:
         with tempfile.TemporaryDirectory() as profile:
             flags = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
             output.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run([*flags, f"--screenshot={output.resolve()}", url], check=True, capture_output=True, timeout=120)
-            dom = subprocess.run([*flags, "--dump-dom", url], check=True, capture_output=True, text=True, timeout=120)
+            subprocess.run(
+                [*flags, f"--screenshot={output.resolve()}", url],
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
+            dom = subprocess.run(
+                [*flags, "--dump-dom", url], check=True, capture_output=True, text=True, timeout=120
+            )
         return visible_text(dom.stdout)
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
@@ -126,8 +154,12 @@ def aliased_run_names(store: str | None = None) -> list[str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, default=REPO / "images" / "mlflow-ui.png")
-    parser.add_argument("--expect", action="append", default=[],
-                        help="text the page must show (default: the run names behind the registry aliases)")
+    parser.add_argument(
+        "--expect",
+        action="append",
+        default=[],
+        help="text the page must show (default: the run names behind the registry aliases)",
+    )
     args = parser.parse_args(argv)
     expected = args.expect or aliased_run_names()
     try:

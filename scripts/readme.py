@@ -20,8 +20,11 @@ def machine() -> dict:
 
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     try:
@@ -29,7 +32,17 @@ def machine() -> dict:
     except (OSError, IndexError, ValueError):
         ram_gib = None
     versions = {}
-    for package in ("seldon-core", "mlflow", "scikit-learn", "aiohttp", "uvloop", "gunicorn", "Flask", "uvicorn", "fastapi"):
+    for package in (
+        "seldon-core",
+        "mlflow",
+        "scikit-learn",
+        "aiohttp",
+        "uvloop",
+        "gunicorn",
+        "Flask",
+        "uvicorn",
+        "fastapi",
+    ):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

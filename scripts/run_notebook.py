@@ -73,7 +73,9 @@ def stage_times(notebook: nbformat.NotebookNode) -> dict[str, float]:
             timing = cell.get("metadata", {}).get("execution", {})
             start, end = timing.get("iopub.execute_input"), timing.get("shell.execute_reply")
             if start and end:
-                seconds = (datetime.fromisoformat(end.rstrip("Z")) - datetime.fromisoformat(start.rstrip("Z"))).total_seconds()
+                seconds = (
+                    datetime.fromisoformat(end.rstrip("Z")) - datetime.fromisoformat(start.rstrip("Z"))
+                ).total_seconds()
                 stages[current] = stages.get(current, 0.0) + seconds
     return {name: round(seconds, 1) for name, seconds in stages.items()}
 
@@ -112,7 +114,10 @@ def run(output: Path = NOTEBOOK, parameters: dict | None = None, timeout: int = 
     notebook = load_notebook()
     inject_parameters(notebook, parameters or {})
     client = NotebookClient(
-        notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(REPO)}},
+        notebook,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(REPO)}},
         record_timing=True,
     )
     start = time.perf_counter()
@@ -128,24 +133,35 @@ def run(output: Path = NOTEBOOK, parameters: dict | None = None, timeout: int = 
 
 
 def stages_table(stages: dict[str, float]) -> str:
-    rows = [f"| {name} | {seconds:.1f} s |" for name, seconds in stages.items() if name not in ("Setup", "total")]
-    return "\n".join([
-        f"The notebook's stages in the committed run (`make run` after set-up; {readme.describe()}):",
-        "",
-        "| stage | wall time |",
-        "|---|---|",
-        *rows,
-        f"| **total** | **{stages['total']:.0f} s** |",
-        "",
-        "Set-up on a fresh machine (virtualenv and Prometheus) adds a few minutes, once.",
-    ])
+    rows = [
+        f"| {name} | {seconds:.1f} s |" for name, seconds in stages.items() if name not in ("Setup", "total")
+    ]
+    return "\n".join(
+        [
+            f"The notebook's stages in the committed run (`make run` after set-up; {readme.describe()}):",
+            "",
+            "| stage | wall time |",
+            "|---|---|",
+            *rows,
+            f"| **total** | **{stages['total']:.0f} s** |",
+            "",
+            "Set-up on a fresh machine (virtualenv and Prometheus) adds a few minutes, once.",
+        ]
+    )
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, default=NOTEBOOK, help="where to save the executed notebook")
-    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                        help="override a parameter (Python literal or string), e.g. -p REPLAY_LIMIT 300")
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="override a parameter (Python literal or string), e.g. -p REPLAY_LIMIT 300",
+    )
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
     args = parser.parse_args(argv)
     parameters = {}

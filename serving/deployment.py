@@ -35,7 +35,9 @@ LOCAL_IMPLEMENTATIONS = {"MLFLOW_SERVER"}
 CRD_ENV = "SELDON_CRD"
 # The CRD from Seldon Core v1.17.1 sits beside the checkout on development machines and in CI; a
 # fresh clone has none and the schema check is skipped (the checks below still run).
-DEFAULT_CRD = Path(__file__).resolve().parents[2] / "shared/reference/seldon-core-v1.17.1/seldondeployments.crd.yaml"
+DEFAULT_CRD = (
+    Path(__file__).resolve().parents[2] / "shared/reference/seldon-core-v1.17.1/seldondeployments.crd.yaml"
+)
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -53,7 +55,7 @@ class Probe:
     timeout: float = 1.0
 
     @classmethod
-    def from_spec(cls, spec: dict | None, default: "Probe") -> "Probe":
+    def from_spec(cls, spec: dict | None, default: Probe) -> Probe:
         if not spec:
             return default
         http = spec.get("httpGet") or {}
@@ -107,7 +109,9 @@ class Deployment:
         for p in self.predictors:
             if p.name == name:
                 return p
-        raise KeyError(f"no predictor named {name!r} in {self.name}; have {[p.name for p in self.predictors]}")
+        raise KeyError(
+            f"no predictor named {name!r} in {self.name}; have {[p.name for p in self.predictors]}"
+        )
 
     @property
     def traffic(self) -> dict[str, int]:
@@ -136,14 +140,18 @@ def load(path: str | os.PathLike, crd: str | os.PathLike | None = None, local: b
     return parse(manifest, source=str(path), crd=crd, local=local)
 
 
-def parse(manifest: Any, source: str = "<manifest>", crd: str | os.PathLike | None = None, local: bool = True) -> Deployment:
+def parse(
+    manifest: Any, source: str = "<manifest>", crd: str | os.PathLike | None = None, local: bool = True
+) -> Deployment:
     def fail(message: str) -> DeploymentError:
         return DeploymentError(f"{source}: {message}")
 
     if not isinstance(manifest, dict):
         raise fail("expected a SeldonDeployment mapping at the top level")
     if manifest.get("apiVersion") != API_VERSION:
-        raise fail(f"apiVersion must be {API_VERSION!r} (served by Seldon Core v1), got {manifest.get('apiVersion')!r}")
+        raise fail(
+            f"apiVersion must be {API_VERSION!r} (served by Seldon Core v1), got {manifest.get('apiVersion')!r}"
+        )
     if manifest.get("kind") != KIND:
         raise fail(f"kind must be {KIND!r}, got {manifest.get('kind')!r}")
     schema_errors = validate_schema(manifest, crd)
@@ -169,7 +177,10 @@ def parse(manifest: Any, source: str = "<manifest>", crd: str | os.PathLike | No
 
     predictors = [_predictor(item, i, fail, local) for i, item in enumerate(items)]
 
-    for kind, names in (("predictor", [p.name for p in predictors]), ("graph node", [p.node for p in predictors])):
+    for kind, names in (
+        ("predictor", [p.name for p in predictors]),
+        ("graph node", [p.node for p in predictors]),
+    ):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise fail(f"{kind} names must be unique, {duplicates} appear more than once")
@@ -180,7 +191,9 @@ def parse(manifest: Any, source: str = "<manifest>", crd: str | os.PathLike | No
         split = ", ".join(f"{p.name}={p.traffic}" for p in predictors)
         raise fail(f"traffic must add up to 100 across predictors, got {total} ({split})")
 
-    return Deployment(name=name, namespace=namespace, predictors=tuple(predictors), manifest=manifest, source=source)
+    return Deployment(
+        name=name, namespace=namespace, predictors=tuple(predictors), manifest=manifest, source=source
+    )
 
 
 def _predictor(item: Any, i: int, fail, local: bool) -> Predictor:
@@ -219,7 +232,11 @@ def _predictor(item: Any, i: int, fail, local: bool) -> Predictor:
         for c in ((component or {}).get("spec") or {}).get("containers") or []:
             if isinstance(c, dict) and c.get("name") == node:
                 container = c
-    env = {e["name"]: str(e.get("value", "")) for e in container.get("env") or [] if isinstance(e, dict) and "name" in e}
+    env = {
+        e["name"]: str(e.get("value", ""))
+        for e in container.get("env") or []
+        if isinstance(e, dict) and "name" in e
+    }
     return Predictor(
         name=name,
         traffic=traffic,
@@ -277,7 +294,7 @@ def resolve_model_uri(uri: str) -> str:
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
-        rest = uri[len("models:/"):]
+        rest = uri[len("models:/") :]
         client = MlflowClient()
         try:
             if "@" in rest:
@@ -287,13 +304,15 @@ def resolve_model_uri(uri: str) -> str:
                 name, _, number = rest.partition("/")
                 version = client.get_model_version(name, number)
         except MlflowException as e:
-            raise DeploymentError(f"modelUri {uri}: not found in the MLflow registry ({e.message.splitlines()[0]})") from e
+            raise DeploymentError(
+                f"modelUri {uri}: not found in the MLflow registry ({e.message.splitlines()[0]})"
+            ) from e
         return f"{version.name} version {version.version}"
     if uri.startswith(("gs://", "s3://", "azure://", "https://", "http://")):
         raise DeploymentError(
             f"modelUri {uri}: a bucket URI is for clusters; locally use models:/<name>@<alias> or a model folder"
         )
-    folder = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
+    folder = Path(uri[len("file://") :] if uri.startswith("file://") else uri)
     if not (folder / "MLmodel").is_file():
         raise DeploymentError(f"modelUri {uri}: no MLflow model there (no MLmodel file)")
     return str(folder)

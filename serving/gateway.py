@@ -53,7 +53,17 @@ SERVER_REQUESTS = Histogram(
 CLIENT_REQUESTS = Histogram(
     "seldon_api_executor_client_requests_seconds",
     "A histogram of latencies for executor client",
-    ["deployment_name", "predictor_name", "predictor_version", "service", "model_name", "model_image", "model_version", "method", "code"],
+    [
+        "deployment_name",
+        "predictor_name",
+        "predictor_version",
+        "service",
+        "model_name",
+        "model_image",
+        "model_version",
+        "method",
+        "code",
+    ],
     buckets=BUCKETS,
 )
 
@@ -76,7 +86,7 @@ class GatewayConfig:
     seed: int | None = None
 
     @classmethod
-    def read(cls, path: str | os.PathLike) -> "GatewayConfig":
+    def read(cls, path: str | os.PathLike) -> GatewayConfig:
         return cls(**json.loads(Path(path).read_text()))
 
     def write(self, path: str | os.PathLike) -> None:
@@ -99,7 +109,7 @@ class Routes:
     weights: list[int] = field(default_factory=list)
 
     @classmethod
-    def of(cls, deployment: sdep.Deployment) -> "Routes":
+    def of(cls, deployment: sdep.Deployment) -> Routes:
         live = [p for p in deployment.predictors if p.traffic > 0]
         return cls(deployment, [p.name for p in live], [p.traffic for p in live])
 
@@ -177,36 +187,53 @@ class Gateway:
     @functools.lru_cache(maxsize=1024)
     def _client_metric(self, deployment, predictor, version, service, node, method, status):
         image, _, tag = self.config.model_image.partition(":")
-        return CLIENT_REQUESTS.labels(deployment, predictor, version, service, node, image, tag, method, str(status))
+        return CLIENT_REQUESTS.labels(
+            deployment, predictor, version, service, node, image, tag, method, str(status)
+        )
 
     async def _call_model(self, request, deployment, predictor, service) -> web.Response:
         body = await request.read()
         # a fresh request id, as the executor makes one (random bits are cheaper than uuid4())
-        puid = request.headers.get(PUID_HEADER) or str(uuid.UUID(int=self.random_ids.getrandbits(128), version=4))
+        puid = request.headers.get(PUID_HEADER) or str(
+            uuid.UUID(int=self.random_ids.getrandbits(128), version=4)
+        )
         headers = {"Content-Type": request.headers.get("Content-Type", "application/json"), PUID_HEADER: puid}
         url = self.config.upstreams[predictor.name] + UPSTREAM_PATH[service]
         start = time.perf_counter()
         try:
             async with self.session.post(url, data=body, headers=headers, timeout=self.timeout) as upstream:
                 payload = await upstream.read()
-                status, content_type = upstream.status, upstream.headers.get("Content-Type", "application/json")
-        except asyncio.TimeoutError:
+                status, content_type = (
+                    upstream.status,
+                    upstream.headers.get("Content-Type", "application/json"),
+                )
+        except TimeoutError:
             return json_error(
-                504, "UPSTREAM_TIMEOUT",
+                504,
+                "UPSTREAM_TIMEOUT",
                 f"predictor {predictor.name!r} (model {predictor.node!r}) did not answer within {self.config.upstream_timeout:g} s",
             )
         except aiohttp.ClientError as e:
             return json_error(
-                503, "UPSTREAM_UNAVAILABLE",
+                503,
+                "UPSTREAM_UNAVAILABLE",
                 f"predictor {predictor.name!r} (model {predictor.node!r}) is unavailable: {type(e).__name__}",
             )
         self._client_metric(
-            deployment.name, predictor.name, predictor.version, UPSTREAM_PATH[service], predictor.node, request.method, status,
+            deployment.name,
+            predictor.name,
+            predictor.version,
+            UPSTREAM_PATH[service],
+            predictor.node,
+            request.method,
+            status,
         ).observe(time.perf_counter() - start)
         if status >= 500:
             # the model container failed; the executor reports it without leaking a traceback page
             logger.error("predictor %s answered %s: %s", predictor.name, status, payload[:500])
-        return web.Response(body=payload, status=status, headers={"Content-Type": content_type, PUID_HEADER: puid})
+        return web.Response(
+            body=payload, status=status, headers={"Content-Type": content_type, PUID_HEADER: puid}
+        )
 
     # ---------------------------------------------------------------- handlers
     async def ingress(self, request: web.Request) -> web.Response:
@@ -214,7 +241,8 @@ class Gateway:
         ns, name = request.match_info["namespace"], request.match_info["name"]
         if (ns, name) != (deployment.namespace, deployment.name):
             return json_error(
-                404, "NOT_FOUND",
+                404,
+                "NOT_FOUND",
                 f"no SeldonDeployment {name!r} in namespace {ns!r}; this gateway serves {deployment.ingress_prefix}",
             )
         routes = self.routes
@@ -229,7 +257,9 @@ class Gateway:
             try:
                 predictor = deployment.predictor(predictor_name)
             except KeyError:
-                return json_error(404, "NOT_FOUND", f"predictor {predictor_name!r} is no longer in {deployment.name}")
+                return json_error(
+                    404, "NOT_FOUND", f"predictor {predictor_name!r} is no longer in {deployment.name}"
+                )
             return await self.forward(request, predictor, request.match_info["service"])
 
         return handle
@@ -260,7 +290,9 @@ class Gateway:
     # ---------------------------------------------------------------- apps
     def ingress_app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[errors_as_json])
-        app.router.add_post("/seldon/{namespace}/{name}/api/v1.0/{service:predictions|feedback}", self.ingress)
+        app.router.add_post(
+            "/seldon/{namespace}/{name}/api/v1.0/{service:predictions|feedback}", self.ingress
+        )
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/ready", self.ready)
         app.router.add_get("/admin/status", self.status)
@@ -269,7 +301,9 @@ class Gateway:
 
     def predictor_app(self, predictor_name: str) -> web.Application:
         app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[errors_as_json])
-        app.router.add_post("/api/v1.0/{service:predictions|feedback}", self.predictor_handler(predictor_name))
+        app.router.add_post(
+            "/api/v1.0/{service:predictions|feedback}", self.predictor_handler(predictor_name)
+        )
         app.router.add_get("/ready", self.ready)
         return app
 
@@ -277,7 +311,8 @@ class Gateway:
         # keep-alive connections to the model servers (gunicorn's threaded worker keeps them open
         # 2 s; dropping ours after 1.5 s means a request is never written to one it is closing)
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=1.5), auto_decompress=False,
+            connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=1.5),
+            auto_decompress=False,
         )
         runners = []
         apps = [(self.ingress_app(), self.config.ingress_port)] + [
@@ -312,8 +347,11 @@ async def serve(config: GatewayConfig) -> None:
     await gateway.start()
     logger.info(
         "gateway on http://%s:%d%s (split %s); predictors on %s",
-        config.host, config.ingress_port, gateway.routes.deployment.ingress_prefix,
-        gateway.routes.deployment.traffic, config.predictor_ports,
+        config.host,
+        config.ingress_port,
+        gateway.routes.deployment.ingress_prefix,
+        gateway.routes.deployment.traffic,
+        config.predictor_ports,
     )
     await gateway.watch_manifest()
 

@@ -95,7 +95,9 @@ def port_in_use(port: int, host: str = HOST) -> bool:
     return False
 
 
-def make_plan(deployment: sdep.Deployment, port: int, tracking_uri: str, gateway_seed: int | None = None) -> Plan:
+def make_plan(
+    deployment: sdep.Deployment, port: int, tracking_uri: str, gateway_seed: int | None = None
+) -> Plan:
     if port and port_in_use(port):
         raise StackError(
             f"port {port} on {HOST} is in use: another stack? (`python -m serving.local down`) "
@@ -140,8 +142,13 @@ class Child:
         with open(self.log, "ab") as log:
             # a process group of its own, like a container: killing it kills every process inside
             self.popen = subprocess.Popen(
-                self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                process_group=0, cwd=REPO,
+                self.argv,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                process_group=0,
+                cwd=REPO,
             )
         self.started = time.monotonic()
         self.ready, self.failures, self.restart_at = False, 0, None
@@ -181,7 +188,13 @@ class Supervisor:
 
     def _env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({MARKER: str(self.state_dir), "MLFLOW_TRACKING_URI": self.plan.tracking_uri, "PYTHONUNBUFFERED": "1"})
+        env.update(
+            {
+                MARKER: str(self.state_dir),
+                "MLFLOW_TRACKING_URI": self.plan.tracking_uri,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         env.update(extra)
         return env
 
@@ -198,7 +211,9 @@ class Supervisor:
                 SELDON_DEPLOYMENT_ID=self.deployment.name,
                 PREDICTIVE_UNIT_IMAGE=plan.model_image,
                 PREDICTOR_LABELS=p.labels_json,
-                PREDICTIVE_UNIT_PARAMETERS=json.dumps([{"name": "model_uri", "value": p.model_uri, "type": "STRING"}]),
+                PREDICTIVE_UNIT_PARAMETERS=json.dumps(
+                    [{"name": "model_uri", "value": p.model_uri, "type": "STRING"}]
+                ),
                 PREDICTIVE_UNIT_HTTP_SERVICE_PORT=str(ports["http"]),
                 PREDICTIVE_UNIT_METRICS_SERVICE_PORT=str(ports["metrics"]),
                 SELDON_LOG_LEVEL="WARNING",
@@ -271,7 +286,10 @@ class Supervisor:
                 "gateway": f"{plan.host}:{plan.ingress_port}",
                 "predictors": {n: f"http://{plan.host}:{port}" for n, port in plan.predictor_ports.items()},
                 "models": {n: f"http://{plan.host}:{ports['http']}" for n, ports in plan.model_ports.items()},
-                "model_metrics": {n: f"http://{plan.host}:{ports['metrics']}/metrics" for n, ports in plan.model_ports.items()},
+                "model_metrics": {
+                    n: f"http://{plan.host}:{ports['metrics']}/metrics"
+                    for n, ports in plan.model_ports.items()
+                },
                 "prometheus": f"http://{plan.host}:{plan.prometheus_port}",
             },
             "processes": {c.name: c.summary() for c in self.children},
@@ -448,7 +466,7 @@ class LocalStack:
         state_dir: str | os.PathLike = DEFAULT_STATE_DIR,
         timeout: float = 300,
         gateway_seed: int | None = None,
-    ) -> "LocalStack":
+    ) -> LocalStack:
         """Check the manifest, start everything, wait until every process is ready."""
         from training.tracking import use_local_store
 
@@ -464,7 +482,9 @@ class LocalStack:
             )
         leftovers = stack_pids(stack.state_dir) if Path("/proc").is_dir() else []
         if leftovers:
-            raise StackError(f"processes of an earlier stack are still running {leftovers}; run `python -m serving.local down`")
+            raise StackError(
+                f"processes of an earlier stack are still running {leftovers}; run `python -m serving.local down`"
+            )
         tracking_uri = use_local_store()
         for p in deployment.predictors:
             sdep.resolve_model_uri(p.model_uri)
@@ -493,11 +513,15 @@ class LocalStack:
         with open(self.state_dir / "supervisor.log", "ab") as log:
             subprocess.Popen(
                 [sys.executable, "-m", "serving.local", "--state-dir", str(self.state_dir), "_supervise"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, cwd=REPO, env={**os.environ, MARKER: str(self.state_dir)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=REPO,
+                env={**os.environ, MARKER: str(self.state_dir)},
             )
 
-    def wait_ready(self, timeout: float = 300) -> "LocalStack":
+    def wait_ready(self, timeout: float = 300) -> LocalStack:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             state = self.state
@@ -505,13 +529,19 @@ class LocalStack:
                 return self
             pid = state.get("supervisor")
             if (pid and not _alive(pid)) or (not pid and time.monotonic() > deadline - timeout + 30):
-                raise StackError(f"the stack's supervisor stopped:\n{self._tail(self.state_dir / 'supervisor.log')}")
+                raise StackError(
+                    f"the stack's supervisor stopped:\n{self._tail(self.state_dir / 'supervisor.log')}"
+                )
             for name, proc in state.get("processes", {}).items():
                 if proc["restarts"] >= 3 and not proc["ready"]:
-                    raise StackError(f"{name} keeps failing to start (exit {proc['last_exit']}):\n{self._tail(Path(proc['log']))}")
+                    raise StackError(
+                        f"{name} keeps failing to start (exit {proc['last_exit']}):\n{self._tail(Path(proc['log']))}"
+                    )
             time.sleep(0.2)
         waiting = [n for n, p in self.state.get("processes", {}).items() if not p["ready"]]
-        raise StackError(f"not ready after {timeout:g} s, waiting for {waiting}; logs in {self.state_dir / 'logs'}")
+        raise StackError(
+            f"not ready after {timeout:g} s, waiting for {waiting}; logs in {self.state_dir / 'logs'}"
+        )
 
     @staticmethod
     def _tail(path: Path, lines: int = 25) -> str:
@@ -588,7 +618,9 @@ def _print_status(state: dict) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.local", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR), help="where pids, logs and Prometheus data live")
+    parser.add_argument(
+        "--state-dir", default=str(DEFAULT_STATE_DIR), help="where pids, logs and Prometheus data live"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="check the manifest, start the stack, wait until ready")
     up.add_argument("manifest", help="a SeldonDeployment YAML, e.g. serving/model-a-b.yaml")
@@ -606,13 +638,17 @@ def main(argv=None) -> int:
     stack = LocalStack(args.state_dir)
     try:
         if args.command == "up":
-            stack = LocalStack.up(args.manifest, port=args.port, state_dir=args.state_dir, timeout=args.timeout)
+            stack = LocalStack.up(
+                args.manifest, port=args.port, state_dir=args.state_dir, timeout=args.timeout
+            )
             _print_status(stack.status())
         elif args.command == "status":
             _print_status(stack.status())
         elif args.command == "reload":
             if not stack.running():
-                raise StackError("no local stack is running; start one with `python -m serving.local up <manifest>`")
+                raise StackError(
+                    "no local stack is running; start one with `python -m serving.local up <manifest>`"
+                )
             print(json.dumps(stack.reload()))
         elif args.command == "down":
             stopped = stack.down()

@@ -76,13 +76,15 @@ def _json_to_feedback_of_an_object(message_json):
     if not isinstance(message_json, dict):
         raise SeldonMicroserviceException(
             f"feedback must be a JSON object with 'request', 'response' and 'reward', got {type(message_json).__name__}",
-            status_code=400, reason="MICROSERVICE_BAD_DATA",
+            status_code=400,
+            reason="MICROSERVICE_BAD_DATA",
         )
     try:
         return _json_to_feedback(message_json)
     except (TypeError, ValueError, OverflowError) as e:  # e.g. a reward of 10**400: no float holds it
-        raise SeldonMicroserviceException(f"invalid feedback: {type(e).__name__}: {e}", status_code=400,
-                                          reason="MICROSERVICE_BAD_DATA") from None
+        raise SeldonMicroserviceException(
+            f"invalid feedback: {type(e).__name__}: {e}", status_code=400, reason="MICROSERVICE_BAD_DATA"
+        ) from None
 
 
 _handle_raw_custom_metrics = seldon_methods.handle_raw_custom_metrics

@@ -24,7 +24,8 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -70,7 +71,9 @@ class MLFlowServer(SeldonComponent):
         self.feature_names = list(schema.input_names())
         self._column_index = {name: i for i, name in enumerate(self.feature_names)}
         self._direct = self._direct_predictor(schema)
-        logger.info("predicting with %s", "the scikit-learn estimator directly" if self._direct else "pyfunc.predict")
+        logger.info(
+            "predicting with %s", "the scikit-learn estimator directly" if self._direct else "pyfunc.predict"
+        )
         self.ready = True
 
     def _direct_predictor(self, schema) -> Callable[[np.ndarray], Any] | None:
@@ -83,7 +86,10 @@ class MLFlowServer(SeldonComponent):
         from mlflow.types import DataType
 
         flavors = self._model.metadata.flavors
-        if "sklearn" not in flavors or flavors.get("python_function", {}).get("predict_fn", "predict") != "predict":
+        if (
+            "sklearn" not in flavors
+            or flavors.get("python_function", {}).get("predict_fn", "predict") != "predict"
+        ):
             return None
         if any(column.type != DataType.double for column in schema.inputs):
             return None
@@ -94,13 +100,17 @@ class MLFlowServer(SeldonComponent):
         if fitted_names is not None:
             # we hand it an array whose columns we ordered by name ourselves (request_values), so
             # scikit-learn's "X does not have valid feature names" warning would be noise
-            warnings.filterwarnings("ignore", message="X does not have valid feature names", category=UserWarning)
+            warnings.filterwarnings(
+                "ignore", message="X does not have valid feature names", category=UserWarning
+            )
         return estimator.predict
 
     # Seldon calls predict_raw with the whole request, before its own (500-prone) parsing.
     def predict_raw(self, request: Any) -> dict:
         if not self.ready:
-            raise SeldonMicroserviceException("model not loaded yet", status_code=503, reason="MICROSERVICE_NOT_READY")
+            raise SeldonMicroserviceException(
+                "model not loaded yet", status_code=503, reason="MICROSERVICE_NOT_READY"
+            )
         values = self.request_values(request)
         if self._direct is not None:
             # column-major, as pandas hands it to scikit-learn: the same order of floating-point
@@ -135,14 +145,18 @@ class MLFlowServer(SeldonComponent):
             if not isinstance(row, list):
                 raise BadRequest(f"row {i} is not a list: each row holds the {n} feature values")
             if len(row) != n:
-                raise BadRequest(f"row {i} has {len(row)} values, the model expects {n} features: {self.feature_names}")
+                raise BadRequest(
+                    f"row {i} has {len(row)} values, the model expects {n} features: {self.feature_names}"
+                )
             for j, value in enumerate(row):
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise BadRequest(f"row {i}, {self._label(names, j)!r}: {_short(value)} is not a number")
                 try:
                     finite = math.isfinite(value)
                 except OverflowError:  # JSON integers are unbounded; past float64's range this raises
-                    raise BadRequest(f"row {i}, {self._label(names, j)!r}: {_short(value)} is too large for a float") from None
+                    raise BadRequest(
+                        f"row {i}, {self._label(names, j)!r}: {_short(value)} is too large for a float"
+                    ) from None
                 if not finite:
                     raise BadRequest(f"row {i}, {self._label(names, j)!r}: {value} is not a finite number")
 
@@ -164,7 +178,9 @@ class MLFlowServer(SeldonComponent):
 
     def health_status(self) -> dict:
         if not self.ready:
-            raise SeldonMicroserviceException("model not loaded yet", status_code=503, reason="MICROSERVICE_NOT_READY")
+            raise SeldonMicroserviceException(
+                "model not loaded yet", status_code=503, reason="MICROSERVICE_NOT_READY"
+            )
         return {"model_uri": self.model_uri, "features": len(self.feature_names)}
 
     def send_feedback_raw(self, feedback):
@@ -224,4 +240,6 @@ def _rows(data: dict) -> list:
         if not isinstance(values, list) or len(values) != shape[0] * shape[1]:
             raise BadRequest(f"'tensor.values' must hold rows x features = {shape[0] * shape[1]} numbers")
         return [values[i * shape[1] : (i + 1) * shape[1]] for i in range(shape[0])]
-    raise BadRequest("'data' must hold 'ndarray' (a list of rows) or 'tensor'; other payloads are not supported")
+    raise BadRequest(
+        "'data' must hold 'ndarray' (a list of rows) or 'tensor'; other payloads are not supported"
+    )

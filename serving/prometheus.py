@@ -30,7 +30,9 @@ def binary() -> str:
     return found
 
 
-def scrape_config(gateway: str, model_metrics: dict[str, str], interval: int = SCRAPE_INTERVAL_SECONDS) -> dict:
+def scrape_config(
+    gateway: str, model_metrics: dict[str, str], interval: int = SCRAPE_INTERVAL_SECONDS
+) -> dict:
     """Prometheus config: the gateway's /metrics and each predictor's model server /metrics."""
     return {
         "global": {"scrape_interval": f"{interval}s", "evaluation_interval": f"{interval}s"},
@@ -73,7 +75,9 @@ def query(base_url: str, expr: str, at: float | None = None, timeout: float = 10
     return _get(base_url, "/api/v1/query", params, timeout)["result"]
 
 
-def query_range(base_url: str, expr: str, start: float, end: float, step: float, timeout: float = 30) -> list[dict]:
+def query_range(
+    base_url: str, expr: str, start: float, end: float, step: float, timeout: float = 30
+) -> list[dict]:
     params = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
     return _get(base_url, "/api/v1/query_range", params, timeout)["result"]
 

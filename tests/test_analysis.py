@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from scipy import stats
 
@@ -82,7 +82,9 @@ def populations() -> dict[str, np.ndarray]:
     train, holdout = split_holdout(load_wine_quality(), seed=SEED)
     errors = {}
     for name, params in (("model-a", ARMS["a"]), ("model-worse", WORSE_ARM)):
-        model = ElasticNet(alpha=params["alpha"], l1_ratio=params["l1_ratio"], random_state=SEED).fit(train[FEATURES], train[TARGET])
+        model = ElasticNet(alpha=params["alpha"], l1_ratio=params["l1_ratio"], random_state=SEED).fit(
+            train[FEATURES], train[TARGET]
+        )
         errors[name] = (holdout[TARGET] - model.predict(holdout[FEATURES])).to_numpy()
     return errors
 
@@ -96,9 +98,21 @@ def synthetic_log(samples: dict[str, np.ndarray], truth: float = 6.0) -> pd.Data
     rows = []
     for arm, errors in samples.items():
         for e in errors:
-            rows.append({"arm": arm, "node": arm, "truth": truth, "prediction": truth - e,
-                         "reward": feedback.reward(truth, truth - e), "feedback_via": "arm", "feedback_arm": arm,
-                         "predict_status": 200, "feedback_status": 200, "attempts": 1, "error": ""})
+            rows.append(
+                {
+                    "arm": arm,
+                    "node": arm,
+                    "truth": truth,
+                    "prediction": truth - e,
+                    "reward": feedback.reward(truth, truth - e),
+                    "feedback_via": "arm",
+                    "feedback_arm": arm,
+                    "predict_status": 200,
+                    "feedback_status": 200,
+                    "attempts": 1,
+                    "error": "",
+                }
+            )
     log = pd.DataFrame(rows, columns=feedback.LOG_COLUMNS)
     log["request_id"] = range(len(log))
     return log
@@ -140,8 +154,11 @@ def test_two_arms_drawn_from_one_model_give_a_decision_at_rate_alpha_only(popula
     trials, n = 400, 300
     decisions = 0
     for i in range(trials):
-        v = analysis.verdict(synthetic_log({"model-a": rng.choice(population, n), "model-b": rng.choice(population, n)}),
-                             resamples=200, seed=i)
+        v = analysis.verdict(
+            synthetic_log({"model-a": rng.choice(population, n), "model-b": rng.choice(population, n)}),
+            resamples=200,
+            seed=i,
+        )
         decisions += v.significant
     assert 0.02 <= decisions / trials <= 0.085, decisions  # 5% +- 3 binomial sd
 
@@ -149,7 +166,10 @@ def test_two_arms_drawn_from_one_model_give_a_decision_at_rate_alpha_only(popula
 def test_verdict_names_the_better_arm_whatever_the_label_order(populations):
     rng = np.random.default_rng(5)
     good, bad = rng.choice(populations["model-a"], 3000), rng.choice(populations["model-worse"], 3000)
-    for names in (("model-a", "model-b"), ("model-b", "model-a")):  # the better arm first, then second by name
+    for names in (
+        ("model-a", "model-b"),
+        ("model-b", "model-a"),
+    ):  # the better arm first, then second by name
         v = analysis.verdict(synthetic_log({names[0]: good, names[1]: bad}))
         s = v.stats
         assert v.significant and v.winner == names[0]
@@ -164,7 +184,12 @@ def test_verdict_names_the_better_arm_whatever_the_label_order(populations):
 
 def test_no_decision_says_how_many_requests_are_needed(populations):
     rng = np.random.default_rng(9)
-    log = synthetic_log({"model-a": rng.choice(populations["model-a"], 40), "model-b": rng.choice(populations["model-worse"], 40)})
+    log = synthetic_log(
+        {
+            "model-a": rng.choice(populations["model-a"], 40),
+            "model-b": rng.choice(populations["model-worse"], 40),
+        }
+    )
     v = analysis.verdict(log)
     assert not v.significant and v.winner is None
     assert v.required_n > 40 and v.more_requests_needed == v.required_n - 40
@@ -245,7 +270,9 @@ def test_feedback_to_the_serving_arm_lands_there_and_nothing_is_lost(stack, tmp_
 @pytest.mark.stack
 def test_feedback_through_the_ingress_lands_on_the_wrong_arm_measurably(stack, tmp_path):
     traffic = sdep.load(stack.state["manifest"]).traffic
-    result, since, end = replay_window(stack, limit=300, feedback_via="ingress", log_path=tmp_path / "ingress.csv")
+    result, since, end = replay_window(
+        stack, limit=300, feedback_via="ingress", log_path=tmp_path / "ingress.csv"
+    )
     attributed = analysis.attribution(result.log)
     # a feedback lands on the serving arm only when the ingress happens to pick it again
     expected = sum((w / 100) ** 2 for w in traffic.values())
@@ -261,7 +288,9 @@ def test_feedback_through_the_ingress_lands_on_the_wrong_arm_measurably(stack, t
     table = attributed.table.sort_index()
     assert dashboard.to_numpy() == pytest.approx(table["dashboard_mean_reward"].to_numpy(), rel=1e-5)
     # which is not each model's own mean reward
-    assert (table["dashboard_mean_reward"] - table["true_mean_reward"]).abs().max() > 1e-4, attributed.summary()
+    assert (table["dashboard_mean_reward"] - table["true_mean_reward"]).abs().max() > 1e-4, (
+        attributed.summary()
+    )
 
 
 # ============================================================================ a stack of our own
@@ -292,7 +321,9 @@ def trio(worse_arm, tmp_path_factory):
     from serving.local import LocalStack
 
     folder = tmp_path_factory.mktemp("trio")
-    manifest = write_manifest(folder / "trio.yaml", [("model-a", "a", 50), ("model-worse", "worse", 50), ("model-twin", "a", 0)])
+    manifest = write_manifest(
+        folder / "trio.yaml", [("model-a", "a", 50), ("model-worse", "worse", 50), ("model-twin", "a", 0)]
+    )
     running = LocalStack.up(manifest, port=0, state_dir=folder / "stack", timeout=300)
     yield running, manifest
     running.down()
@@ -316,7 +347,9 @@ def test_verdict_picks_the_clearly_better_arm_on_the_real_stack(trio, population
     stack, manifest = trio
     set_split(stack, manifest, {"model-a": 50, "model-worse": 50, "model-twin": 0})
     first, since, _ = replay_window(stack, log_path=tmp_path / "1.csv")
-    second = feedback.replay(feedback.Endpoints.local(stack.state_dir), log_path=tmp_path / "2.csv", progress=False)
+    second = feedback.replay(
+        feedback.Endpoints.local(stack.state_dir), log_path=tmp_path / "2.csv", progress=False
+    )
     log = pd.concat([first.log, second.log], ignore_index=True)
     analysis.cross_check(log, stack.prometheus_url, since=since)
 
@@ -340,18 +373,27 @@ def test_no_decision_between_two_copies_of_one_model_on_the_real_stack(trio, tmp
         set_split(stack, manifest, {"model-a": 100, "model-worse": 0, "model-twin": 0})
         a, since, _ = replay_window(stack, limit=400, log_path=tmp_path / "a.csv")
         set_split(stack, manifest, {"model-a": 0, "model-worse": 0, "model-twin": 100})
-        twin = feedback.replay(feedback.Endpoints.local(stack.state_dir), limit=400, log_path=tmp_path / "twin.csv", progress=False)
+        twin = feedback.replay(
+            feedback.Endpoints.local(stack.state_dir),
+            limit=400,
+            log_path=tmp_path / "twin.csv",
+            progress=False,
+        )
     finally:
         set_split(stack, manifest, {"model-a": 50, "model-worse": 50, "model-twin": 0})
     assert set(a.log["arm"]) == {"model-a"} and set(twin.log["arm"]) == {"model-twin"}
     predictions = [run.log.set_index("request_id")["prediction"].sort_index() for run in (a, twin)]
-    assert predictions[0].index.equals(predictions[1].index) and np.array_equal(predictions[0], predictions[1])
+    assert predictions[0].index.equals(predictions[1].index) and np.array_equal(
+        predictions[0], predictions[1]
+    )
 
     log = pd.concat([a.log, twin.log], ignore_index=True)
     analysis.cross_check(log, stack.prometheus_url, since=since)
     v = analysis.verdict(log)
     assert not v.significant and v.winner is None, v.sentence
-    assert v.p_value > 0.99 and v.stats["model-a"].rmse == pytest.approx(v.stats["model-twin"].rmse, rel=1e-12)
+    assert v.p_value > 0.99 and v.stats["model-a"].rmse == pytest.approx(
+        v.stats["model-twin"].rmse, rel=1e-12
+    )
     assert v.sentence.startswith("no decision")
 
 
@@ -373,20 +415,28 @@ def test_cross_check_is_exact_across_a_model_server_restart_and_names_a_mismatch
         time.sleep(0.2)
     else:
         pytest.fail("model-worse did not come back within 180 s")
-    after = feedback.replay(feedback.Endpoints.local(stack.state_dir), limit=150, log_path=tmp_path / "after.csv", progress=False)
+    after = feedback.replay(
+        feedback.Endpoints.local(stack.state_dir), limit=150, log_path=tmp_path / "after.csv", progress=False
+    )
     log = pd.concat([before.log, after.log], ignore_index=True)
     end = time.time()
 
     table = analysis.cross_check(log, url, since=since, until=end)
     assert table.loc["model-worse", "prometheus"] == (log["feedback_arm"] == "model-worse").sum()
-    workers = {r["metric"]["worker_id"] for r in analysis.prometheus.query(
-        url, f'{analysis.FEEDBACK}{{predictor_name="model-worse"}}[{math.ceil(time.time() - since) + 5}s]')}
+    workers = {
+        r["metric"]["worker_id"]
+        for r in analysis.prometheus.query(
+            url, f'{analysis.FEEDBACK}{{predictor_name="model-worse"}}[{math.ceil(time.time() - since) + 5}s]'
+        )
+    }
     assert len(workers) >= 2, workers  # the old process's series and the new one's
 
     # and a log that lost rows no longer adds up: the error names both numbers
     short = log.drop(index=log.index[log["feedback_arm"] == "model-a"][:3])
     n_a = int((log["feedback_arm"] == "model-a").sum())
-    with pytest.raises(analysis.CrossCheckError, match=f"model-a: log {n_a - 3} accepted, Prometheus counted {n_a}"):
+    with pytest.raises(
+        analysis.CrossCheckError, match=f"model-a: log {n_a - 3} accepted, Prometheus counted {n_a}"
+    ):
         analysis.cross_check(short, url, since=since, until=end)
 
 
@@ -396,10 +446,19 @@ def test_report_cli_prints_the_table_and_the_verdict(populations, tmp_path):
 
     rng = np.random.default_rng(1)
     log = tmp_path / "log.csv"
-    synthetic_log({"model-a": rng.choice(populations["model-a"], 2000),
-                   "model-b": rng.choice(populations["model-worse"], 2000)}).to_csv(log, index=False)
-    run = subprocess.run([sys.executable, "-m", "analysis", "report", str(log), str(tmp_path / "missing.csv")],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    synthetic_log(
+        {
+            "model-a": rng.choice(populations["model-a"], 2000),
+            "model-b": rng.choice(populations["model-worse"], 2000),
+        }
+    ).to_csv(log, index=False)
+    run = subprocess.run(
+        [sys.executable, "-m", "analysis", "report", str(log), str(tmp_path / "missing.csv")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 1 and "cannot read the feedback log" in run.stderr  # the missing one
     assert "model-a wins: mean reward" in run.stdout and "RMSE model-a - model-b" in run.stdout
     assert "100.0% of 4000 rewards landed on the arm that served" in run.stdout

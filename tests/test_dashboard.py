@@ -22,15 +22,22 @@ DASHBOARD = analysis.REPO / "serving" / "grafana" / "ab-test.json"
 
 def test_committed_dashboard_is_the_generated_one():
     """One source of truth: regenerate with `python -m analysis dashboard > serving/grafana/ab-test.json`."""
-    generated = subprocess.run([sys.executable, "-m", "analysis", "dashboard"], capture_output=True, text=True,
-                               cwd=analysis.REPO, check=True).stdout
+    generated = subprocess.run(
+        [sys.executable, "-m", "analysis", "dashboard"],
+        capture_output=True,
+        text=True,
+        cwd=analysis.REPO,
+        check=True,
+    ).stdout
     assert DASHBOARD.read_text() == generated
 
 
 def test_dashboard_has_a_datasource_variable_and_every_panel_the_issue_asks_for():
     document = json.loads(DASHBOARD.read_text())
     variables = {v["name"]: v for v in document["templating"]["list"]}
-    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert (
+        variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    )
     assert "deployment_name" in variables["deployment"]["definition"]
     expressions = analysis.dashboard_expressions(document)
     for panel in document["panels"]:
@@ -40,8 +47,16 @@ def test_dashboard_has_a_datasource_variable_and_every_panel_the_issue_asks_for(
         assert "[$__rate_interval]" in expr and "status" not in expr, (title, ref)
         assert 'deployment_name="$deployment"' in expr, (title, ref)
     text = " ".join(e for _, _, e in expressions)
-    for needed in ('service="predictions"', 'code=~"2.."', 'code=~"4.."', 'code=~"5.."', "histogram_quantile(0.5,",
-                   "histogram_quantile(0.9,", "histogram_quantile(0.99,", analysis.REWARD):
+    for needed in (
+        'service="predictions"',
+        'code=~"2.."',
+        'code=~"4.."',
+        'code=~"5.."',
+        "histogram_quantile(0.5,",
+        "histogram_quantile(0.9,",
+        "histogram_quantile(0.99,",
+        analysis.REWARD,
+    ):
         assert needed in text, needed
     assert len({p["id"] for p in document["panels"]}) == len(document["panels"])
 
@@ -51,8 +66,12 @@ def replayed(stack, tmp_path_factory):
     """A replay through the shared stack, then malformed requests to model-a's own endpoint."""
     url = stack.prometheus_url
     start = time.time()
-    result = feedback.replay(feedback.Endpoints.local(stack.state_dir), limit=300, progress=False,
-                             log_path=tmp_path_factory.mktemp("dashboard") / "replay.csv")
+    result = feedback.replay(
+        feedback.Endpoints.local(stack.state_dir),
+        limit=300,
+        progress=False,
+        log_path=tmp_path_factory.mktemp("dashboard") / "replay.csv",
+    )
     # Two bursts of malformed requests to model-a, a scrape apart: a counter series is born at its
     # first increment, and rate() cannot see the jump from "no series" to its first value.
     bad_url = stack.predictor_urls["model-a"] + "/api/v1.0/predictions"
@@ -63,7 +82,12 @@ def replayed(stack, tmp_path_factory):
     # fresh good traffic on every arm, so the last rate window holds both kinds
     assert {r.status for r in send_many(f"{stack.ingress_url}/predictions", 40, concurrency=4)} == {200}
     end = analysis.wait_for_scrape(url, time.time())  # the last counts are in Prometheus
-    return {"start": start, "end": end, "log": result.log, "arms": sorted(sdep.load(stack.state["manifest"]).traffic)}
+    return {
+        "start": start,
+        "end": end,
+        "log": result.log,
+        "arms": sorted(sdep.load(stack.state["manifest"]).traffic),
+    }
 
 
 @pytest.mark.stack
@@ -88,11 +112,19 @@ def test_every_panel_expression_returns_data_after_a_replay(stack, replayed):
 
     # ... and, in the last window (this test's traffic only), model-a's 400s and nothing else
     def last(title, ref):
-        expr = dict(((t, r), e) for t, r, e in analysis.dashboard_expressions(json.loads(DASHBOARD.read_text())))[(title, ref)]
-        return analysis.instant_frame(stack.prometheus_url, analysis.local_expression(expr, window, stack.deployment), replayed["end"])
+        expr = dict(
+            ((t, r), e) for t, r, e in analysis.dashboard_expressions(json.loads(DASHBOARD.read_text()))
+        )[(title, ref)]
+        return analysis.instant_frame(
+            stack.prometheus_url, analysis.local_expression(expr, window, stack.deployment), replayed["end"]
+        )
 
     others = [arm for arm in replayed["arms"] if arm != "model-a"]
-    errors_4xx, errors_5xx, success = last("4xx / 5xx per second", "A"), last("4xx / 5xx per second", "B"), last("Success ratio", "A")
+    errors_4xx, errors_5xx, success = (
+        last("4xx / 5xx per second", "A"),
+        last("4xx / 5xx per second", "B"),
+        last("Success ratio", "A"),
+    )
     assert errors_4xx["model-a"] > 0 and (errors_4xx[others] == 0).all(), errors_4xx
     assert (errors_5xx == 0).all(), errors_5xx
     assert success["model-a"] < 1 and (success[others] == 1).all(), success
@@ -100,13 +132,17 @@ def test_every_panel_expression_returns_data_after_a_replay(stack, replayed):
 
 @pytest.mark.stack
 def test_figures_from_prometheus_are_saved_as_png(stack, replayed, tmp_path):
-    frames = analysis.dashboard_frames(stack.prometheus_url, replayed["start"], replayed["end"], deployment=stack.deployment)
+    frames = analysis.dashboard_frames(
+        stack.prometheus_url, replayed["start"], replayed["end"], deployment=stack.deployment
+    )
     verdict = analysis.verdict(replayed["log"])
     figures = analysis.figures(frames, verdict)
     assert set(figures) == {"requests", "latency", "reward"}
     for name, figure in figures.items():
         lines = figure.axes[0].get_lines()
-        assert lines and all(np.isfinite(line.get_ydata()).any() for line in lines if line.get_linestyle() == "-"), name
+        assert lines and all(
+            np.isfinite(line.get_ydata()).any() for line in lines if line.get_linestyle() == "-"
+        ), name
         path = analysis.save(figure, name, tmp_path)
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     # one line per arm for requests and reward; one per arm and quantile for latency

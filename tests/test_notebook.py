@@ -48,7 +48,9 @@ def test_no_run_ids_typed_into_code(committed):
 
 
 def test_no_paths_of_the_machine_it_ran_on(committed):
-    text = json.dumps([c.get("outputs", []) for c in committed.cells]) + json.dumps([c.source for c in committed.cells])
+    text = json.dumps([c.get("outputs", []) for c in committed.cells]) + json.dumps(
+        [c.source for c in committed.cells]
+    )
     for path in {str(REPO), str(REPO.parent), os.path.expanduser("~"), "/tmp/"}:
         assert path not in text, f"the committed notebook mentions {path}"
 
@@ -69,15 +71,27 @@ def test_notebook_runs_top_to_bottom_on_the_local_target(tmp_path):
     stack folder and free ports."""
     tracking_store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     output = tmp_path / "executed.ipynb"
-    parameters = {"PORT": 0, "STATE_DIR": str(tmp_path / "stack"), "WORK_DIR": str(tmp_path / "runs"),
-                  "IMAGES": str(tmp_path / "images")}
+    parameters = {
+        "PORT": 0,
+        "STATE_DIR": str(tmp_path / "stack"),
+        "WORK_DIR": str(tmp_path / "runs"),
+        "IMAGES": str(tmp_path / "images"),
+    }
     from serving.local import LocalStack, stack_pids
 
     try:
         result = subprocess.run(
-            [sys.executable, str(REPO / "scripts" / "run_notebook.py"), "--output", str(output),
-             *[arg for name, value in parameters.items() for arg in ("-p", name, repr(value))]],
-            capture_output=True, text=True, timeout=900, cwd=REPO,
+            [
+                sys.executable,
+                str(REPO / "scripts" / "run_notebook.py"),
+                "--output",
+                str(output),
+                *[arg for name, value in parameters.items() for arg in ("-p", name, repr(value))],
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=REPO,
             env={**os.environ, "MLFLOW_TRACKING_URI": tracking_store},
         )
     finally:
@@ -88,12 +102,18 @@ def test_notebook_runs_top_to_bottom_on_the_local_target(tmp_path):
     run_notebook.check(executed)  # no errors, counts in order
     outputs = json.dumps([c.get("outputs", []) for c in executed.cells])
     assert "Verdict" in outputs and "stopped" in outputs
-    assert sorted(p.name for p in (tmp_path / "images").glob("*.png")) == ["latency.png", "requests.png", "reward.png"]
+    assert sorted(p.name for p in (tmp_path / "images").glob("*.png")) == [
+        "latency.png",
+        "requests.png",
+        "reward.png",
+    ]
     assert stack_pids(tmp_path / "stack") == [] and not LocalStack(tmp_path / "stack").running()
 
 
-@pytest.mark.skipif(not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")),
-                    reason="no Chromium installed (apt-get install chromium) - the screenshot script skips too")
+@pytest.mark.skipif(
+    not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")),
+    reason="no Chromium installed (apt-get install chromium) - the screenshot script skips too",
+)
 def test_mlflow_ui_screenshot_shows_both_runs(trained_arms, tmp_path):
     from mlflow.tracking import MlflowClient
 

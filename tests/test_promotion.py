@@ -81,7 +81,9 @@ def version_of(alias: str) -> str:
     return str(version_for_alias(alias).version)
 
 
-def test_no_decision_changes_nothing_and_says_how_many_requests_are_missing(duo, decisive_log, registry_clean, tmp_path, capsys):
+def test_no_decision_changes_nothing_and_says_how_many_requests_are_missing(
+    duo, decisive_log, registry_clean, tmp_path, capsys
+):
     stack, manifest = duo
     # two arms with the same model's outcomes (one request fewer): nothing to decide
     a = pd.read_csv(decisive_log).query("arm == 'model-a'")
@@ -98,14 +100,26 @@ def test_no_decision_changes_nothing_and_says_how_many_requests_are_missing(duo,
     assert promotion.champion(MODEL) is None and manifest.read_bytes() == before and not record.exists()
     assert gateway_traffic(stack) == {"model-a": 50, "model-b": 50}
 
-    code = promotion.main(["promote", "--log", str(log), "--manifest", str(manifest), "--record", str(record),
-                           "--state-dir", str(stack.state_dir)])
+    code = promotion.main(
+        [
+            "promote",
+            "--log",
+            str(log),
+            "--manifest",
+            str(manifest),
+            "--record",
+            str(record),
+            "--state-dir",
+            str(stack.state_dir),
+        ]
+    )
     assert code == 3 and "nothing changed" in capsys.readouterr().out
     assert promotion.champion(MODEL) is None and manifest.read_bytes() == before and not record.exists()
 
 
 def test_promotion_moves_alias_and_split_the_gateway_serves_100_0_and_rollback_restores_both(
-        duo, decisive_log, registry_clean, tmp_path):
+    duo, decisive_log, registry_clean, tmp_path
+):
     stack, manifest = duo
     before, record = manifest.read_bytes(), tmp_path / "promotions.json"
 
@@ -131,7 +145,8 @@ def test_promotion_moves_alias_and_split_the_gateway_serves_100_0_and_rollback_r
 
 
 def test_rollback_restores_a_previous_champion_and_refuses_to_clobber_a_later_change(
-        duo, decisive_log, registry_clean, tmp_path):
+    duo, decisive_log, registry_clean, tmp_path
+):
     stack, manifest = duo
     before, record = manifest.read_bytes(), tmp_path / "promotions.json"
     promotion._point_champion(MODEL, version_of("worse"))  # yesterday's champion
@@ -142,7 +157,10 @@ def test_rollback_restores_a_previous_champion_and_refuses_to_clobber_a_later_ch
 
     with pytest.raises(promotion.PromotionError, match=r"traffic is 90/10"):
         promotion.rollback(manifest, record, stack.state_dir)
-    assert promotion.champion(MODEL) == version_of("a") and sdep.load(manifest).traffic == {"model-a": 90, "model-b": 10}
+    assert promotion.champion(MODEL) == version_of("a") and sdep.load(manifest).traffic == {
+        "model-a": 90,
+        "model-b": 10,
+    }
 
     promotion.rollback(manifest, record, stack.state_dir, force=True)
     assert promotion.champion(MODEL) == version_of("worse")
@@ -150,7 +168,9 @@ def test_rollback_restores_a_previous_champion_and_refuses_to_clobber_a_later_ch
     assert gateway_traffic(stack) == {"model-a": 50, "model-b": 50}
 
 
-def test_promotion_refuses_a_log_whose_arms_the_manifest_does_not_have(duo, decisive_log, registry_clean, tmp_path):
+def test_promotion_refuses_a_log_whose_arms_the_manifest_does_not_have(
+    duo, decisive_log, registry_clean, tmp_path
+):
     stack, manifest = duo
     log = pd.read_csv(decisive_log).replace({"model-a": "model-x", "model-b": "model-y"})
     before = manifest.read_bytes()
@@ -162,13 +182,27 @@ def test_promotion_refuses_a_log_whose_arms_the_manifest_does_not_have(duo, deci
 def test_cli_promote_and_rollback(duo, decisive_log, registry_clean, tmp_path, capsys):
     stack, manifest = duo
     before = manifest.read_bytes()
-    common = ["--manifest", str(manifest), "--record", str(tmp_path / "promotions.json"), "--state-dir", str(stack.state_dir)]
+    common = [
+        "--manifest",
+        str(manifest),
+        "--record",
+        str(tmp_path / "promotions.json"),
+        "--state-dir",
+        str(stack.state_dir),
+    ]
 
     # the real command line once, as a reader types it ...
-    done = subprocess.run([sys.executable, "promotion.py", "promote", "--log", str(decisive_log), *common],
-                          cwd=analysis.REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "promotion.py", "promote", "--log", str(decisive_log), *common],
+        cwd=analysis.REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0 and done.stdout.startswith("promoted model-a"), done.stdout + done.stderr
-    assert gateway_traffic(stack) == {"model-a": 100, "model-b": 0} and promotion.champion(MODEL) == version_of("a")
+    assert gateway_traffic(stack) == {"model-a": 100, "model-b": 0} and promotion.champion(
+        MODEL
+    ) == version_of("a")
     # ... then its entry point in-process (each interpreter start imports MLflow: seconds)
     assert promotion.main(["rollback", *common]) == 0 and capsys.readouterr().out.startswith("rolled back")
     assert gateway_traffic(stack) == {"model-a": 50, "model-b": 50} and promotion.champion(MODEL) is None

@@ -44,7 +44,10 @@ async def _post(session: aiohttp.ClientSession, url: str, body, timeout: float) 
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)
     try:
         async with session.post(
-            url, data=data, headers={"Content-Type": "application/json"}, timeout=aiohttp.ClientTimeout(total=timeout)
+            url,
+            data=data,
+            headers={"Content-Type": "application/json"},
+            timeout=aiohttp.ClientTimeout(total=timeout),
         ) as response:
             text = await response.text()
             try:
@@ -52,7 +55,7 @@ async def _post(session: aiohttp.ClientSession, url: str, body, timeout: float) 
             except ValueError:
                 parsed = text
             return Result(response.status, parsed, time.perf_counter() - start, sent_at)
-    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+    except (TimeoutError, aiohttp.ClientError) as e:
         return Result(None, f"{type(e).__name__}: {e}", time.perf_counter() - start, sent_at)
 
 
@@ -75,10 +78,23 @@ def send_many(url: str, n: int, body=PREDICTION, concurrency: int = 16, timeout:
 class BackgroundLoad:
     """Steady traffic from a thread until stopped (bounded by ``max_requests`` and ``max_seconds``)."""
 
-    def __init__(self, url: str, body=PREDICTION, concurrency: int = 4, max_requests: int = 20_000,
-                 max_seconds: float = 120, timeout: float = 10, pause: float = 0.0):
+    def __init__(
+        self,
+        url: str,
+        body=PREDICTION,
+        concurrency: int = 4,
+        max_requests: int = 20_000,
+        max_seconds: float = 120,
+        timeout: float = 10,
+        pause: float = 0.0,
+    ):
         self.url, self.body, self.concurrency = url, body, concurrency
-        self.max_requests, self.max_seconds, self.timeout, self.pause = max_requests, max_seconds, timeout, pause
+        self.max_requests, self.max_seconds, self.timeout, self.pause = (
+            max_requests,
+            max_seconds,
+            timeout,
+            pause,
+        )
         self.results: list[Result] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
@@ -88,14 +104,18 @@ class BackgroundLoad:
         async with aiohttp.ClientSession() as session:
 
             async def worker():
-                while not self._stop.is_set() and time.monotonic() < deadline and len(self.results) < self.max_requests:
+                while (
+                    not self._stop.is_set()
+                    and time.monotonic() < deadline
+                    and len(self.results) < self.max_requests
+                ):
                     self.results.append(await _post(session, self.url, self.body, self.timeout))
                     if self.pause:
                         await asyncio.sleep(self.pause)
 
             await asyncio.gather(*(worker() for _ in range(self.concurrency)))
 
-    def __enter__(self) -> "BackgroundLoad":
+    def __enter__(self) -> BackgroundLoad:
         self._thread.start()
         return self
 

@@ -36,9 +36,7 @@ FEATURES = [
 TARGET = "quality"
 EXPECTED_ROWS = 4898
 
-UCI_URL = (
-    "https://archive.ics.uci.edu/ml/machine-learning-databases/wine-quality/winequality-white.csv"
-)
+UCI_URL = "https://archive.ics.uci.edu/ml/machine-learning-databases/wine-quality/winequality-white.csv"
 ENV_VAR = "WINE_QUALITY_CSV"
 CACHE_PATH = Path(__file__).resolve().parent / "data" / "winequality-white.csv"
 

@@ -42,7 +42,7 @@ def ensure_experiment(name: str = EXPERIMENT) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    store = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else REPO / "mlflow.db"
+    store = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else REPO / "mlflow.db"
     return client.create_experiment(name, artifact_location=(store.parent / "mlartifacts").as_uri())
 
 
@@ -51,9 +51,21 @@ def run_arm(alpha: float, l1_ratio: float, alias: str, seed: int | None = None) 
     use_local_store()
     ensure_experiment()
     command = [
-        sys.executable, "-m", "mlflow", "run", str(PROJECT_DIR),
-        "-P", f"alpha={alpha}", "-P", f"l1_ratio={l1_ratio}", "-P", f"alias={alias}",
-        "--env-manager", "local", "--experiment-name", EXPERIMENT,
+        sys.executable,
+        "-m",
+        "mlflow",
+        "run",
+        str(PROJECT_DIR),
+        "-P",
+        f"alpha={alpha}",
+        "-P",
+        f"l1_ratio={l1_ratio}",
+        "-P",
+        f"alias={alias}",
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        EXPERIMENT,
     ]
     if seed is not None:
         command += ["-P", f"seed={seed}"]

@@ -12,18 +12,21 @@ from importlib.metadata import version
 
 import mlflow
 import numpy as np
+
+# run as a script by `mlflow run` (cwd = training/), so the sibling module is importable as `data`
+from data import FEATURES, HOLDOUT_FRACTION, SEED, TARGET, DataError, load_wine_quality, split_holdout
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from sklearn.linear_model import ElasticNet
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
-# run as a script by `mlflow run` (cwd = training/), so the sibling module is importable as `data`
-from data import FEATURES, HOLDOUT_FRACTION, SEED, TARGET, DataError, load_wine_quality, split_holdout
-
 MODEL_NAME = "wines-classifier"
 # What the pickled model needs, pinned to this environment. Stating it skips MLflow's requirement
 # inference, which loads the model again in a subprocess (about 3 s of every run).
-REQUIREMENTS = [f"{package}=={version(package)}" for package in ("scikit-learn", "cloudpickle", "numpy", "pandas", "scipy")]
+REQUIREMENTS = [
+    f"{package}=={version(package)}"
+    for package in ("scikit-learn", "cloudpickle", "numpy", "pandas", "scipy")
+]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -86,7 +89,9 @@ def main(argv=None) -> None:
             client.set_registered_model_alias(MODEL_NAME, args.alias, version)
 
     print(f"run {name}")
-    print(f"  alpha={args.alpha:g} l1_ratio={args.l1_ratio:g}  hold-out: RMSE={rmse:.4f} MAE={mae:.4f} R2={r2:.4f}")
+    print(
+        f"  alpha={args.alpha:g} l1_ratio={args.l1_ratio:g}  hold-out: RMSE={rmse:.4f} MAE={mae:.4f} R2={r2:.4f}"
+    )
     alias = f" @{args.alias}" if args.alias else ""
     print(f"  registered {MODEL_NAME} version {version}{alias}")
 

@@ -44,8 +44,10 @@ def cmd_publish(args) -> int:
     mapping = {source: p.uri for source, p in results.items()}
     path = _write(Path(args.out), PUBLISHED, json.dumps(mapping, indent=2) + "\n")
     for source, p in results.items():
-        print(f"{source} -> {p.name} version {p.version} -> {p.uri} ({len(p.files)} files, "
-              f"{'copied and verified' if p.copied else 'already there, identical'})")
+        print(
+            f"{source} -> {p.name} version {p.version} -> {p.uri} ({len(p.files)} files, "
+            f"{'copied and verified' if p.copied else 'already there, identical'})"
+        )
     print(f"wrote {path}")
     return 0
 
@@ -57,7 +59,9 @@ def cmd_render(args) -> int:
     else:
         published = Path(args.published or out / PUBLISHED)
         if not published.is_file():
-            raise ClusterError(f"{published} not found: run `python -m serving.cluster publish <bucket>` first, or pass --model-uri")
+            raise ClusterError(
+                f"{published} not found: run `python -m serving.cluster publish <bucket>` first, or pass --model-uri"
+            )
         model_uris = json.loads(published.read_text())
     document = render.render_deployment(model_uris, args.namespace, env_secret=args.secret)
     written = [
@@ -65,20 +69,33 @@ def cmd_render(args) -> int:
         _write(out, "seldon-core-values.yaml", dump(render.seldon_core_values(args.image))),
         _write(out, "istio-gateway.yaml", dump(render.istio_gateway())),
         _write(out, "podmonitor.yaml", dump(analytics.podmonitor())),
-        _write(out, "grafana-dashboard.yaml", dump(analytics.dashboard_configmap(namespace=args.monitoring_namespace))),
+        _write(
+            out,
+            "grafana-dashboard.yaml",
+            dump(analytics.dashboard_configmap(namespace=args.monitoring_namespace)),
+        ),
     ]
     for path in written:
         print(f"wrote {path}")
     local = render.load_plain()
-    print("differs from serving/model-a-b.yaml in: " + ", ".join(render.differences(local, render.plain(document))))
+    print(
+        "differs from serving/model-a-b.yaml in: "
+        + ", ".join(render.differences(local, render.plain(document)))
+    )
     return 0
 
 
 def cmd_rclone_secret(args) -> int:
     values = dict(os.environ)
-    if args.variant == "gcs" and not values.get("GCS_SERVICE_ACCOUNT_JSON") and values.get("GOOGLE_APPLICATION_CREDENTIALS"):
+    if (
+        args.variant == "gcs"
+        and not values.get("GCS_SERVICE_ACCOUNT_JSON")
+        and values.get("GOOGLE_APPLICATION_CREDENTIALS")
+    ):
         values["GCS_SERVICE_ACCOUNT_JSON"] = Path(values["GOOGLE_APPLICATION_CREDENTIALS"]).read_text()
-    secret = render.rclone_secret(args.variant, values, name=args.name, namespace=args.namespace, model_uri=args.model_uri)
+    secret = render.rclone_secret(
+        args.variant, values, name=args.name, namespace=args.namespace, model_uri=args.model_uri
+    )
     sys.stdout.write(dump(secret))
     return 0
 
@@ -100,7 +117,11 @@ def cmd_delete(args) -> int:
     from serving.cluster.deploy import custom_objects_api, delete
 
     found = delete(args.name, args.namespace, api=custom_objects_api(args.context))
-    print(f"deleted {args.namespace}/{args.name}" if found else f"no SeldonDeployment {args.namespace}/{args.name}")
+    print(
+        f"deleted {args.namespace}/{args.name}"
+        if found
+        else f"no SeldonDeployment {args.namespace}/{args.name}"
+    )
     return 0
 
 
@@ -123,7 +144,9 @@ def cmd_check_image(args) -> int:
     problems = server_image.check_dockerfile() + server_image.pin_drift(args.model_requirements)
     for problem in problems:
         print(f"problem: {problem}")
-    print(f"{server_image.DOCKERFILE.relative_to(REPO)}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+    print(
+        f"{server_image.DOCKERFILE.relative_to(REPO)}: {'OK' if not problems else f'{len(problems)} problem(s)'}"
+    )
     return 1 if problems else 0
 
 
@@ -151,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="the model server image, registry/name:tag")
     p.add_argument("--secret", help="rclone storage Secret for a private bucket (envSecretRefName)")
     p.add_argument("--published", help=f"mapping from `publish` (default <out>/{PUBLISHED})")
-    p.add_argument("--model-uri", action="append", metavar="PREDICTOR=URI", help="bucket URI per predictor instead")
+    p.add_argument(
+        "--model-uri", action="append", metavar="PREDICTOR=URI", help="bucket URI per predictor instead"
+    )
     p.add_argument("--monitoring-namespace", default=analytics.MONITORING_NAMESPACE)
     p.add_argument("--out", default=str(DEFAULT_OUT))
     p.set_defaults(run=cmd_render)

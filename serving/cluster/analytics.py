@@ -77,7 +77,9 @@ def generate_password(nbytes: int = 24) -> str:
     return secrets.token_urlsafe(nbytes)
 
 
-def grafana_admin_secret(namespace: str = MONITORING_NAMESPACE, password: str | None = None, user: str = "admin") -> dict:
+def grafana_admin_secret(
+    namespace: str = MONITORING_NAMESPACE, password: str | None = None, user: str = "admin"
+) -> dict:
     """The Secret the Helm values name in ``grafana.admin.existingSecret``, with a generated password.
 
     A password you pass must be at least 16 characters and not a well-known default.
@@ -86,7 +88,9 @@ def grafana_admin_secret(namespace: str = MONITORING_NAMESPACE, password: str | 
     if password is None:
         password = generate_password()
     if password.lower() in WEAK_PASSWORDS or len(password) < 16:
-        raise ClusterError("the Grafana admin password must be at least 16 characters and not a default; omit it to generate one")
+        raise ClusterError(
+            "the Grafana admin password must be at least 16 characters and not a default; omit it to generate one"
+        )
     return {
         "apiVersion": "v1",
         "kind": "Secret",

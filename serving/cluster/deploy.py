@@ -112,9 +112,13 @@ def _api_error(e, what: str) -> DeployError:
             f"(its CRD), see docs/cluster.md. {detail}"
         )
     if status in (401, 403):
-        return DeployError(f"{what}: not allowed ({status}): your credentials need create/get/replace on {PLURAL}.{GROUP}. {detail}")
+        return DeployError(
+            f"{what}: not allowed ({status}): your credentials need create/get/replace on {PLURAL}.{GROUP}. {detail}"
+        )
     if status == 422:
-        return DeployError(f"{what}: refused as invalid (422), by the CRD schema or Seldon's webhook: {detail}")
+        return DeployError(
+            f"{what}: refused as invalid (422), by the CRD schema or Seldon's webhook: {detail}"
+        )
     return DeployError(f"{what}: the API server answered {status} {getattr(e, 'reason', '')}: {detail}")
 
 
@@ -141,7 +145,9 @@ def apply(manifest: Any, api=None, crd=None, retries: int = 3) -> Applied:
     what = f"SeldonDeployment {namespace}/{name}"
     try:
         created = api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-        return Applied("created", name, namespace, (created.get("metadata") or {}).get("generation"), None, created)
+        return Applied(
+            "created", name, namespace, (created.get("metadata") or {}).get("generation"), None, created
+        )
     except ApiException as e:
         if e.status != 409:
             raise _api_error(e, what) from e
@@ -151,8 +157,12 @@ def apply(manifest: Any, api=None, crd=None, retries: int = 3) -> Applied:
             body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
             replaced = api.replace_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body)
             return Applied(
-                "replaced", name, namespace, (replaced.get("metadata") or {}).get("generation"),
-                current["metadata"].get("generation"), replaced,
+                "replaced",
+                name,
+                namespace,
+                (replaced.get("metadata") or {}).get("generation"),
+                current["metadata"].get("generation"),
+                replaced,
             )
         except ApiException as e:
             if e.status == 409 and attempt + 1 < retries:
@@ -245,16 +255,29 @@ def wait_available(
         time.sleep(min(poll, max(timeout - elapsed, 0.0)))
 
 
-def deploy(manifest: Any, api=None, timeout: float = 900, poll: float = 5, settle: float = 10, crd=None,
-           log: Callable[[str], None] | None = print) -> dict:
+def deploy(
+    manifest: Any,
+    api=None,
+    timeout: float = 900,
+    poll: float = 5,
+    settle: float = 10,
+    crd=None,
+    log: Callable[[str], None] | None = print,
+) -> dict:
     """``apply`` then ``wait_available``; returns the Available status."""
     api = api or custom_objects_api()
     applied = apply(manifest, api=api, crd=crd)
     if log:
         log(f"SeldonDeployment {applied.namespace}/{applied.name} {applied.action}")
     return wait_available(
-        applied.name, applied.namespace, api=api, timeout=timeout, poll=poll, settle=settle,
-        spec_changed=applied.action == "replaced" and applied.spec_changed, log=log,
+        applied.name,
+        applied.namespace,
+        api=api,
+        timeout=timeout,
+        poll=poll,
+        settle=settle,
+        spec_changed=applied.action == "replaced" and applied.spec_changed,
+        log=log,
     )
 
 

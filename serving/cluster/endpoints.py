@@ -100,7 +100,14 @@ class ClusterEndpoints:
 
     def feedback_args(self) -> list[str]:
         """Arguments for ``python feedback.py`` (its cluster mode takes host:port addresses)."""
-        args = ["--ingress", self.ingress_url.split("://", 1)[1], "--namespace", self.namespace, "--deployment", self.deployment]
+        args = [
+            "--ingress",
+            self.ingress_url.split("://", 1)[1],
+            "--namespace",
+            self.namespace,
+            "--deployment",
+            self.deployment,
+        ]
         for predictor, url in self.predictor_urls.items():
             args += ["--predictor", f"{predictor}={url.split('://', 1)[1]}"]
         for node, predictor in self.nodes.items():
@@ -134,13 +141,19 @@ def cluster_endpoints(
         raise ClusterError(f"via must be one of {VIAS}, got {via!r}")
     ingress_url = _base_url(ingress, "ingress")
     names = [p.name for p in deployment.predictors]
-    services = {p.name: predictor_service(deployment.name, p.name, p.annotations) for p in deployment.predictors}
+    services = {
+        p.name: predictor_service(deployment.name, p.name, p.annotations) for p in deployment.predictors
+    }
     ports: dict[str, int] = {}
     if via == "port-forward":
         unknown = sorted(set(local_ports or {}) - set(names))
         if unknown:
-            raise ClusterError(f"local_ports names {unknown}, which are not predictors of {deployment.name} ({names})")
-        ports = {name: int((local_ports or {}).get(name, first_local_port + i)) for i, name in enumerate(names)}
+            raise ClusterError(
+                f"local_ports names {unknown}, which are not predictors of {deployment.name} ({names})"
+            )
+        ports = {
+            name: int((local_ports or {}).get(name, first_local_port + i)) for i, name in enumerate(names)
+        }
         bad = {n: p for n, p in ports.items() if not 1024 <= p <= 65535}
         if bad:
             raise ClusterError(f"local ports must be 1024-65535 (no root needed), got {bad}")
@@ -148,7 +161,10 @@ def cluster_endpoints(
             raise ClusterError(f"each arm needs its own local port, got {ports}")
         urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     else:
-        urls = {name: f"http://{services[name]}.{deployment.namespace}.svc.cluster.local:{EXECUTOR_PORT}" for name in names}
+        urls = {
+            name: f"http://{services[name]}.{deployment.namespace}.svc.cluster.local:{EXECUTOR_PORT}"
+            for name in names
+        }
     return ClusterEndpoints(
         ingress_url=ingress_url,
         namespace=deployment.namespace,

@@ -56,10 +56,14 @@ class Published:
 def check_destination(bucket: str) -> str:
     """A clear error unless ``bucket`` is s3://, gs:// or file://; returns its scheme."""
     if not isinstance(bucket, str) or "://" not in bucket:
-        raise PublishError(f"{bucket!r} is not a bucket URI: expected s3://<bucket>/<prefix>, gs://... or file:///<folder>")
+        raise PublishError(
+            f"{bucket!r} is not a bucket URI: expected s3://<bucket>/<prefix>, gs://... or file:///<folder>"
+        )
     scheme = bucket.split("://", 1)[0]
     if scheme not in PUBLISH_SCHEMES:
-        raise PublishError(f"{bucket}: cannot publish to {scheme}://; use one of {', '.join(s + '://' for s in PUBLISH_SCHEMES)}")
+        raise PublishError(
+            f"{bucket}: cannot publish to {scheme}://; use one of {', '.join(s + '://' for s in PUBLISH_SCHEMES)}"
+        )
     if scheme == "file":
         if not bucket.startswith("file:///"):
             raise PublishError(f"{bucket}: a file:// destination must be absolute (file:///path)")
@@ -84,8 +88,10 @@ def resolve(model_uri: str):
     from mlflow.tracking import MlflowClient
 
     if not model_uri.startswith("models:/"):
-        raise PublishError(f"{model_uri}: publish takes registered models (models:/<name>@<alias> or models:/<name>/<version>)")
-    rest = model_uri[len("models:/"):]
+        raise PublishError(
+            f"{model_uri}: publish takes registered models (models:/<name>@<alias> or models:/<name>/<version>)"
+        )
+    rest = model_uri[len("models:/") :]
     client = MlflowClient()
     try:
         if "@" in rest:
@@ -94,7 +100,9 @@ def resolve(model_uri: str):
         name, _, version = rest.partition("/")
         return client.get_model_version(name, version)
     except MlflowException as e:
-        raise PublishError(f"{model_uri}: not in the MLflow registry ({e.message.splitlines()[0]}); train the arms first") from e
+        raise PublishError(
+            f"{model_uri}: not in the MLflow registry ({e.message.splitlines()[0]}); train the arms first"
+        ) from e
 
 
 def checksums(folder: str | os.PathLike) -> dict[str, str]:
@@ -129,7 +137,7 @@ def remote_checksums(uri: str, storage_options: Mapping | None = None) -> dict[s
         found = fs.find(root)
     except FileNotFoundError:
         return {}
-    return {path[len(root) + 1:]: _sha256(fs.cat_file(path)) for path in sorted(found) if path != root}
+    return {path[len(root) + 1 :]: _sha256(fs.cat_file(path)) for path in sorted(found) if path != root}
 
 
 def _copy_fsspec(folder: Path, uri: str, storage_options: Mapping | None) -> None:
@@ -148,12 +156,17 @@ def _copy_gsutil(folder: Path, uri: str) -> None:
     if gsutil is None:
         raise PublishError("tool='gsutil' but gsutil is not on PATH; use the default tool (gcsfs)")
     if uri.startswith("file://"):  # gsutil's rsync needs an existing destination folder
-        Path(uri[len("file://"):]).mkdir(parents=True, exist_ok=True)
+        Path(uri[len("file://") :]).mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
-        [gsutil, "-q", "-m", "rsync", "-r", "-c", str(folder), uri], capture_output=True, text=True, timeout=900
+        [gsutil, "-q", "-m", "rsync", "-r", "-c", str(folder), uri],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     if result.returncode != 0:
-        raise PublishError(f"gsutil rsync to {uri} failed (exit {result.returncode}): {result.stderr.strip()[-2000:]}")
+        raise PublishError(
+            f"gsutil rsync to {uri} failed (exit {result.returncode}): {result.stderr.strip()[-2000:]}"
+        )
 
 
 def publish_folder(
@@ -197,7 +210,9 @@ def verify(uri: str, expected: Mapping[str, str], storage_options: Mapping | Non
     extra = sorted(set(found) - set(expected))
     changed = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
     if missing or extra or changed:
-        raise PublishError(f"{uri} does not match its source: missing {missing}, unexpected {extra}, different {changed}")
+        raise PublishError(
+            f"{uri} does not match its source: missing {missing}, unexpected {extra}, different {changed}"
+        )
 
 
 def publish(
@@ -227,6 +242,10 @@ def publish(
             target = join_uri(bucket, version.name, str(version.version))
             files, copied = publish_folder(local, target, storage_options, tool, overwrite)
             if "MLmodel" not in files:
-                raise PublishError(f"{model_uri}: the registered folder has no MLmodel file; is it an MLflow model?")
-            results[model_uri] = Published(model_uri, version.name, str(version.version), target, files, copied)
+                raise PublishError(
+                    f"{model_uri}: the registered folder has no MLmodel file; is it an MLflow model?"
+                )
+            results[model_uri] = Published(
+                model_uri, version.name, str(version.version), target, files, copied
+            )
     return results

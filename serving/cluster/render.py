@@ -66,7 +66,9 @@ class ClusterError(ValueError):
 def split_bucket_uri(uri: str) -> tuple[str, str, str]:
     """``s3://bucket/some/path`` -> ``("s3", "bucket", "some/path")``; a clear error otherwise."""
     if not isinstance(uri, str) or "://" not in uri:
-        raise ClusterError(f"{uri!r} is not a bucket URI: expected s3://<bucket>/<path> or gs://<bucket>/<path>")
+        raise ClusterError(
+            f"{uri!r} is not a bucket URI: expected s3://<bucket>/<path> or gs://<bucket>/<path>"
+        )
     scheme, rest = uri.split("://", 1)
     if scheme not in BUCKET_SCHEMES:
         raise ClusterError(
@@ -75,7 +77,9 @@ def split_bucket_uri(uri: str) -> tuple[str, str, str]:
         )
     bucket, _, path = rest.partition("/")
     if not _BUCKET_NAME.match(bucket):
-        raise ClusterError(f"{uri}: {bucket!r} is not a valid bucket name (3-63 lower-case letters, digits, '.', '-', '_')")
+        raise ClusterError(
+            f"{uri}: {bucket!r} is not a valid bucket name (3-63 lower-case letters, digits, '.', '-', '_')"
+        )
     path = path.rstrip("/")
     if path and any(part in ("", ".", "..") for part in path.split("/")):
         raise ClusterError(f"{uri}: the path must not contain empty, '.' or '..' parts")
@@ -232,11 +236,15 @@ def rclone_secret(
     secret = _template(_variant_path(variant))
     missing = [n for n in placeholders(variant) if not values.get(n)]
     if missing:
-        raise ClusterError(f"the {variant} storage Secret needs {', '.join(missing)} (set them in the environment)")
+        raise ClusterError(
+            f"the {variant} storage Secret needs {', '.join(missing)} (set them in the environment)"
+        )
     secret["metadata"]["name"] = name
     if namespace:
         secret["metadata"]["namespace"] = namespace
-    secret["stringData"] = {k: string.Template(str(v)).substitute(values) for k, v in secret["stringData"].items()}
+    secret["stringData"] = {
+        k: string.Template(str(v)).substitute(values) for k, v in secret["stringData"].items()
+    }
     if model_uri:
         check_secret_for_uri(secret, model_uri)
     return secret
@@ -272,14 +280,20 @@ def check_secret_for_uri(secret: Mapping, model_uri: str) -> None:
 def split_image(image: str) -> tuple[str, str]:
     """``registry/repo:tag`` -> ``("registry/repo", "tag")``; a digest stays on the repository."""
     if not isinstance(image, str) or not image or any(c.isspace() for c in image):
-        raise ClusterError(f"image must be a reference like ghcr.io/you/mlflow-seldon-server:0.1.0, got {image!r}")
+        raise ClusterError(
+            f"image must be a reference like ghcr.io/you/mlflow-seldon-server:0.1.0, got {image!r}"
+        )
     if "@sha256:" in image:
         return image, ""
     name, sep, tag = image.rpartition(":")
     if not sep or "/" in tag:  # no tag, or the colon was a registry port
-        raise ClusterError(f"image {image!r} has no tag: pin one (e.g. :0.1.0) or a digest, never an implicit :latest")
+        raise ClusterError(
+            f"image {image!r} has no tag: pin one (e.g. :0.1.0) or a digest, never an implicit :latest"
+        )
     if tag == "latest":
-        raise ClusterError(f"image {image!r}: ':latest' moves under a running deployment; pin a version or a digest")
+        raise ClusterError(
+            f"image {image!r}: ':latest' moves under a running deployment; pin a version or a digest"
+        )
     return name, tag
 
 

@@ -113,7 +113,9 @@ def _dockerignore(dockerfile: Path, context: Path) -> list[str]:
     for candidate in (dockerfile.with_name(dockerfile.name + ".dockerignore"), context / ".dockerignore"):
         if candidate.is_file():
             return [
-                line.strip() for line in candidate.read_text().splitlines() if line.strip() and not line.startswith("#")
+                line.strip()
+                for line in candidate.read_text().splitlines()
+                if line.strip() and not line.startswith("#")
             ]
     return []
 
@@ -128,7 +130,11 @@ def _project_imports(path: Path) -> set[str]:
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        found |= {n for n in names if n.split(".")[0] in ("serving", "training", "feedback", "analysis", "promotion")}
+        found |= {
+            n
+            for n in names
+            if n.split(".")[0] in ("serving", "training", "feedback", "analysis", "promotion")
+        }
     return found
 
 
@@ -140,7 +146,9 @@ def _module_file(module: str, root: Path) -> Path | None:
     return None
 
 
-def check_dockerfile(dockerfile: Path = DOCKERFILE, context: Path = REPO, python: str | None = None) -> list[str]:
+def check_dockerfile(
+    dockerfile: Path = DOCKERFILE, context: Path = REPO, python: str | None = None
+) -> list[str]:
     """Problems found in the Dockerfile, [] if none. ``python``: training's ``major.minor``."""
     dockerfile, context = Path(dockerfile), Path(context)
     python = python or f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -155,15 +163,21 @@ def check_dockerfile(dockerfile: Path = DOCKERFILE, context: Path = REPO, python
         image = step["value"].split()[0]
         name, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "")
         if "@sha256:" not in image and (not tag or tag == "latest"):
-            problems.append(f"line {step['startline'] + 1}: base image {image!r} is not pinned by a tag (or digest)")
+            problems.append(
+                f"line {step['startline'] + 1}: base image {image!r} is not pinned by a tag (or digest)"
+            )
         elif name.split("/")[-1] == "python" and not re.match(rf"^{re.escape(python)}(\.\d+)?(-|$)", tag):
-            problems.append(f"line {step['startline'] + 1}: base image {image!r} is not training's Python {python}")
+            problems.append(
+                f"line {step['startline'] + 1}: base image {image!r} is not training's Python {python}"
+            )
 
     copied: dict[str, str] = {}  # source (relative to the context) -> destination in the image
     ignore = _dockerignore(dockerfile, context)
     for step in steps:
         if step["instruction"] == "ADD":
-            problems.append(f"line {step['startline'] + 1}: use COPY, not ADD (ADD fetches URLs and unpacks archives)")
+            problems.append(
+                f"line {step['startline'] + 1}: use COPY, not ADD (ADD fetches URLs and unpacks archives)"
+            )
         if step["instruction"] != "COPY":
             continue
         words, _ = _json_or_shell(step["value"])
@@ -173,9 +187,13 @@ def check_dockerfile(dockerfile: Path = DOCKERFILE, context: Path = REPO, python
         *sources, destination = words
         for source in sources:
             if not (context / source).exists():
-                problems.append(f"line {step['startline'] + 1}: COPY source {source} does not exist in the build context")
+                problems.append(
+                    f"line {step['startline'] + 1}: COPY source {source} does not exist in the build context"
+                )
             elif _ignored(source, ignore):
-                problems.append(f"line {step['startline'] + 1}: COPY source {source} is excluded by the .dockerignore")
+                problems.append(
+                    f"line {step['startline'] + 1}: COPY source {source} is excluded by the .dockerignore"
+                )
             target = destination if not destination.endswith("/") else destination + Path(source).name
             copied[source] = target
 
@@ -185,7 +203,7 @@ def check_dockerfile(dockerfile: Path = DOCKERFILE, context: Path = REPO, python
                 if not re.search(r"\bpip3?\s+install\b", command):
                     continue
                 words = shlex.split(command)
-                words = words[words.index("install") + 1:]
+                words = words[words.index("install") + 1 :]
                 files, loose, i = [], [], 0
                 while i < len(words):
                     if words[i] in ("-r", "--requirement", "-c", "--constraint"):
@@ -196,13 +214,19 @@ def check_dockerfile(dockerfile: Path = DOCKERFILE, context: Path = REPO, python
                         loose.append(words[i])
                     i += 1
                 if loose:
-                    problems.append(f"line {step['startline'] + 1}: pip installs {loose} outside the pinned requirement files")
+                    problems.append(
+                        f"line {step['startline'] + 1}: pip installs {loose} outside the pinned requirement files"
+                    )
                 in_image = set(copied.values())
                 for f in files:
                     if f not in in_image:
-                        problems.append(f"line {step['startline'] + 1}: pip reads {f}, which no COPY puts there")
+                        problems.append(
+                            f"line {step['startline'] + 1}: pip reads {f}, which no COPY puts there"
+                        )
                 if not any(w in ("-c", "--constraint") for w in words):
-                    problems.append(f"line {step['startline'] + 1}: pip install without the constraints file (-c): transitive versions would float")
+                    problems.append(
+                        f"line {step['startline'] + 1}: pip install without the constraints file (-c): transitive versions would float"
+                    )
 
     users = [s for s in steps if s["instruction"] == "USER"]
     cmds = [s for s in steps if s["instruction"] in ("CMD", "ENTRYPOINT")]
@@ -213,7 +237,9 @@ def check_dockerfile(dockerfile: Path = DOCKERFILE, context: Path = REPO, python
         if user in ("0", "root"):
             problems.append(f"USER {user} is root")
         elif not user.isdigit():
-            problems.append(f"USER {user!r} is a name: use the numeric UID so that Kubernetes' runAsNonRoot can check it")
+            problems.append(
+                f"USER {user!r} is a name: use the numeric UID so that Kubernetes' runAsNonRoot can check it"
+            )
         if cmds and users[-1]["startline"] > cmds[-1]["startline"]:
             problems.append("USER comes after CMD")
 
@@ -227,7 +253,9 @@ def check_dockerfile(dockerfile: Path = DOCKERFILE, context: Path = REPO, python
     workdirs = [s["value"].strip() for s in steps if s["instruction"] == "WORKDIR"]
 
     if "ENTRYPOINT" in kinds:
-        problems.append("ENTRYPOINT is set: keep CMD only, as Seldon's images do, so a componentSpec can override it")
+        problems.append(
+            "ENTRYPOINT is set: keep CMD only, as Seldon's images do, so a componentSpec can override it"
+        )
     if not any(s["instruction"] == "CMD" for s in steps):
         problems.append("no CMD")
         return problems
@@ -245,7 +273,9 @@ def check_dockerfile(dockerfile: Path = DOCKERFILE, context: Path = REPO, python
     if model_class != MODEL_CLASS:
         problems.append(f"CMD serves {model_class!r}, expected {MODEL_CLASS}")
     if entry[-1] == "serving.microservice" and env.get("SELDON_BIND_HOST") != "0.0.0.0":
-        problems.append("serving.microservice binds 127.0.0.1 unless SELDON_BIND_HOST=0.0.0.0: the executor could not reach the pod")
+        problems.append(
+            "serving.microservice binds 127.0.0.1 unless SELDON_BIND_HOST=0.0.0.0: the executor could not reach the pod"
+        )
 
     # the modules the CMD needs, and the project modules they import, must all be copied
     image_roots = {env.get("PYTHONPATH", "")} | set(workdirs[-1:])
@@ -262,10 +292,14 @@ def check_dockerfile(dockerfile: Path = DOCKERFILE, context: Path = REPO, python
             continue  # e.g. serving.mlflow_server.X attribute imports; the module itself is checked
         relative = local.relative_to(context).as_posix()
         if relative not in copied:
-            problems.append(f"{relative} ({module}) is imported by the image's code but not copied into the image")
+            problems.append(
+                f"{relative} ({module}) is imported by the image's code but not copied into the image"
+            )
             continue
         if not any(copied[relative] == f"{root.rstrip('/')}/{relative}" for root in image_roots if root):
-            problems.append(f"{relative} is copied to {copied[relative]}, not under the image's PYTHONPATH/WORKDIR")
+            problems.append(
+                f"{relative} is copied to {copied[relative]}, not under the image's PYTHONPATH/WORKDIR"
+            )
         parts = module.split(".")
         for i in range(1, len(parts)):  # parent packages need their __init__.py
             needed.append(".".join(parts[:i]))
@@ -337,7 +371,9 @@ def pin_drift(model_requirements: Path | None = None) -> list[str]:
             if image_name not in image:
                 problems.append(f"the model requires {package}{spec}, which the image does not install")
             elif image[image_name] != spec:
-                problems.append(f"the model requires {package}{spec}, the image pins {image_name}{image[image_name]}")
+                problems.append(
+                    f"the model requires {package}{spec}, the image pins {image_name}{image[image_name]}"
+                )
     return problems
 
 
@@ -380,15 +416,27 @@ def _build_env_locked(venv: Path, timeout: float) -> Path:
         shutil.rmtree(venv)
     steps = [
         [sys.executable, "-m", "venv", str(venv)],
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "-r", str(REQUIREMENTS), "-c", str(CONSTRAINTS)],
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+            str(REQUIREMENTS),
+            "-c",
+            str(CONSTRAINTS),
+        ],
         [str(python), "-m", "pip", "check"],
     ]
     for i, command in enumerate(steps):
         try:
             result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as e:
-            raise ImageEnvUnavailable(f"building the image's environment timed out after {timeout:g} s at: {' '.join(command[:4])}") from e
+            raise ImageEnvUnavailable(
+                f"building the image's environment timed out after {timeout:g} s at: {' '.join(command[:4])}"
+            ) from e
         if result.returncode != 0:
             output = (result.stderr or result.stdout).strip()
             error = ImageEnvUnavailable if i == 0 or _OFFLINE.search(output) else ImageError
@@ -409,7 +457,9 @@ def lock(venv: Path | None = None) -> Path:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         python = env_python(venv)
         subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-r", str(REQUIREMENTS)], check=True)
-        frozen = subprocess.run([str(python), "-m", "pip", "freeze", "--all"], check=True, capture_output=True, text=True).stdout
+        frozen = subprocess.run(
+            [str(python), "-m", "pip", "freeze", "--all"], check=True, capture_output=True, text=True
+        ).stdout
     header = [line for line in CONSTRAINTS.read_text().splitlines() if line.startswith("#")]
     pins = []
     for line in frozen.splitlines():

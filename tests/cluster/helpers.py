@@ -23,7 +23,12 @@ from serving.local import free_port
 
 
 def api_exception(status: int, message: str = "") -> ApiException:
-    e = ApiException(status=status, reason={404: "Not Found", 409: "Conflict", 403: "Forbidden", 422: "Unprocessable Entity"}.get(status, "Error"))
+    e = ApiException(
+        status=status,
+        reason={404: "Not Found", 409: "Conflict", 403: "Forbidden", 422: "Unprocessable Entity"}.get(
+            status, "Error"
+        ),
+    )
     e.body = json.dumps({"kind": "Status", "message": message or f"status {status}"})
     return e
 
@@ -166,7 +171,9 @@ def s3_emulator(tmp_path, timeout: float = 60):
     with open(log, "w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         wait_for_port(port, process, timeout, log)

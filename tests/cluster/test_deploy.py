@@ -7,12 +7,12 @@ milliseconds. The manifests are the real rendered ones; the errors are the clien
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from serving.cluster import deploy, render
 from serving.cluster.deploy import DeployError, DeployTimeout
-import time
-
 from tests.cluster.helpers import FakeKubernetesApiServer
 from tests.cluster.test_render import URIS
 
@@ -38,8 +38,12 @@ def run(api, manifest, **kwargs):
     applied = deploy.apply(manifest, api=api)
     start = time.monotonic()
     status = deploy.wait_available(
-        applied.name, applied.namespace, api=api, log=messages.append,
-        spec_changed=applied.action == "replaced" and applied.spec_changed, **kwargs,
+        applied.name,
+        applied.namespace,
+        api=api,
+        log=messages.append,
+        spec_changed=applied.action == "replaced" and applied.spec_changed,
+        **kwargs,
     )
     return applied, status, messages, time.monotonic() - start
 
@@ -53,7 +57,14 @@ def test_deploy_without_api_server_creates_then_waits_until_available(manifest):
     applied, status, messages, _ = run(api, manifest)
 
     assert applied.action == "created"
-    assert api.calls[0] == ("create", "machinelearning.seldon.io", "v1", "seldon", "seldondeployments", "wines-classifier")
+    assert api.calls[0] == (
+        "create",
+        "machinelearning.seldon.io",
+        "v1",
+        "seldon",
+        "seldondeployments",
+        "wines-classifier",
+    )
     assert status["state"] == "Available"
     assert messages == [
         "SeldonDeployment seldon/wines-classifier: no status yet; no Deployments reported yet",

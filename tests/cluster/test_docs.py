@@ -17,7 +17,11 @@ from serving.cluster.render import REPO
 
 DOC = REPO / "docs" / "cluster.md"
 TEXT = DOC.read_text()
-VARIABLES = {"$IMAGE": "ghcr.io/you/mlflow-seldon-server:0.1.0", "$BUCKET": "s3://your-bucket/mlflow-seldon", "$NS": "seldon"}
+VARIABLES = {
+    "$IMAGE": "ghcr.io/you/mlflow-seldon-server:0.1.0",
+    "$BUCKET": "s3://your-bucket/mlflow-seldon",
+    "$NS": "seldon",
+}
 
 
 def commands() -> list[str]:
@@ -46,8 +50,14 @@ def cli_argv(command: str) -> list[str]:
 def rendered_dir(tmp_path_factory, crd):
     out = tmp_path_factory.mktemp("build-cluster")
     argv = cli_argv(next(c for c in commands() if c.startswith("python -m serving.cluster render")))
-    argv += ["--model-uri", "model-a=s3://your-bucket/mlflow-seldon/wines-classifier/1",
-             "--model-uri", "model-b=s3://your-bucket/mlflow-seldon/wines-classifier/2", "--out", str(out)]
+    argv += [
+        "--model-uri",
+        "model-a=s3://your-bucket/mlflow-seldon/wines-classifier/1",
+        "--model-uri",
+        "model-b=s3://your-bucket/mlflow-seldon/wines-classifier/2",
+        "--out",
+        str(out),
+    ]
     assert cli.main(argv) == 0
     return out
 
@@ -68,7 +78,7 @@ def test_every_file_the_doc_applies_is_one_the_tests_render_or_a_committed_file(
     assert mentioned, "no files found in the doc's commands"
     for path in mentioned:
         if path.startswith("build/cluster/"):
-            assert (rendered_dir / path[len("build/cluster/"):]).is_file(), f"render does not write {path}"
+            assert (rendered_dir / path[len("build/cluster/") :]).is_file(), f"render does not write {path}"
         else:
             assert (REPO / path).is_file(), f"{path} does not exist"
     for name in re.findall(r"\| `([\w.-]+\.yaml)` \|", TEXT):
@@ -86,12 +96,18 @@ def test_the_rendered_deployment_the_doc_applies_validates_against_the_crd(rende
 
 
 def test_the_doc_pins_the_versions_the_project_uses():
-    assert "--version 1.17.1" in TEXT and server_image.read_pins(server_image.REQUIREMENTS)["seldon-core"] == "==1.17.1"
+    assert (
+        "--version 1.17.1" in TEXT
+        and server_image.read_pins(server_image.REQUIREMENTS)["seldon-core"] == "==1.17.1"
+    )
     assert "Apache-2.0" in TEXT and "BSL-1.1" in TEXT
     assert f"helm install {analytics.HELM_RELEASE} kube-prometheus-stack" in TEXT
     assert f"svc/{analytics.HELM_RELEASE}-grafana" in TEXT
     secret = analytics.values()["grafana"]["admin"]
-    assert f"get secret -n monitoring {secret['existingSecret']} -o jsonpath='{{.data.{secret['passwordKey']}}}'" in TEXT
+    assert (
+        f"get secret -n monitoring {secret['existingSecret']} -o jsonpath='{{.data.{secret['passwordKey']}}}'"
+        in TEXT
+    )
     assert f"-f {server_image.DOCKERFILE.relative_to(REPO)}" in TEXT
 
 
@@ -100,12 +116,19 @@ def test_the_printed_feedback_commands_are_what_endpoints_prints(rendered_dir):
 
     e = cluster_endpoints(rendered_dir / "wines-classifier.yaml", "127.0.0.1:8080")
     printed = re.search(r"```text\n(.*?)```", TEXT, re.S).group(1).splitlines()
-    assert printed == [f"{c} &" for c in e.port_forward_commands()] + ["python feedback.py " + " ".join(e.feedback_args())]
+    assert printed == [f"{c} &" for c in e.port_forward_commands()] + [
+        "python feedback.py " + " ".join(e.feedback_args())
+    ]
 
 
 def test_feedback_py_takes_the_arguments_we_give_it():
-    help_text = subprocess.run([sys.executable, str(REPO / "feedback.py"), "--help"], capture_output=True, text=True,
-                               cwd=REPO, timeout=120).stdout
+    help_text = subprocess.run(
+        [sys.executable, str(REPO / "feedback.py"), "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    ).stdout
     for option in ("--ingress", "--namespace", "--deployment", "--predictor", "--node"):
         assert option in help_text, f"feedback.py no longer takes {option}"
 

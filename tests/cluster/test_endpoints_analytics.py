@@ -33,17 +33,34 @@ def test_port_forward_endpoints_for_feedback_and_the_ingress_for_predictions(ren
     ]
     assert e.nodes == {"model-a": "model-a", "model-b": "model-b"}
     assert e.feedback_args() == [
-        "--ingress", "127.0.0.1:8080", "--namespace", "seldon", "--deployment", "wines-classifier",
-        "--predictor", "model-a=127.0.0.1:9001", "--predictor", "model-b=127.0.0.1:9002",
-        "--node", "model-a=model-a", "--node", "model-b=model-b",
+        "--ingress",
+        "127.0.0.1:8080",
+        "--namespace",
+        "seldon",
+        "--deployment",
+        "wines-classifier",
+        "--predictor",
+        "model-a=127.0.0.1:9001",
+        "--predictor",
+        "model-b=127.0.0.1:9002",
+        "--node",
+        "model-a=model-a",
+        "--node",
+        "model-b=model-b",
     ]
 
 
 def test_in_cluster_endpoints_use_the_predictor_services_dns_names(rendered):
-    e = cluster_endpoints(rendered, "http://istio-ingressgateway.istio-system.svc.cluster.local", via="cluster-dns")
+    e = cluster_endpoints(
+        rendered, "http://istio-ingressgateway.istio-system.svc.cluster.local", via="cluster-dns"
+    )
     assert e.predictions_url == (
-        "http://istio-ingressgateway.istio-system.svc.cluster.local/seldon/seldon/wines-classifier/api/v1.0/predictions")
-    assert e.feedback_url("model-a") == "http://wines-classifier-model-a.seldon.svc.cluster.local:8000/api/v1.0/feedback"
+        "http://istio-ingressgateway.istio-system.svc.cluster.local/seldon/seldon/wines-classifier/api/v1.0/predictions"
+    )
+    assert (
+        e.feedback_url("model-a")
+        == "http://wines-classifier-model-a.seldon.svc.cluster.local:8000/api/v1.0/feedback"
+    )
     assert e.port_forward_commands() == []
 
 
@@ -59,7 +76,10 @@ def test_chosen_local_ports_and_their_mistakes(rendered):
         cluster_endpoints(rendered, "lb", local_ports={"model-a": 80})
 
 
-@pytest.mark.parametrize("ingress, problem", [("", "empty"), ("ftp://x", "not an http"), ("h:1/seldon", "without a path"), ("h:99999", "Port")])
+@pytest.mark.parametrize(
+    "ingress, problem",
+    [("", "empty"), ("ftp://x", "not an http"), ("h:1/seldon", "without a path"), ("h:99999", "Port")],
+)
 def test_a_bad_ingress_address_is_named(rendered, ingress, problem):
     with pytest.raises(ClusterError, match=problem):
         cluster_endpoints(rendered, ingress)
@@ -86,7 +106,9 @@ def test_the_podmonitor_scrapes_the_pods_seldon_manages_on_their_metrics_ports()
     assert monitor["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/managed-by": "seldon-core"}
     assert monitor["spec"]["namespaceSelector"] == {"any": True}
     # executor port 8000 and model port 6000 are both named `metrics`, both serve /prometheus
-    assert monitor["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/prometheus", "interval": "15s"}]
+    assert monitor["spec"]["podMetricsEndpoints"] == [
+        {"port": "metrics", "path": "/prometheus", "interval": "15s"}
+    ]
 
 
 def test_the_helm_values_pick_up_our_podmonitor_secret_and_dashboards():
@@ -96,16 +118,23 @@ def test_the_helm_values_pick_up_our_podmonitor_secret_and_dashboards():
     assert spec["scrapeInterval"] == analytics.podmonitor()["spec"]["podMetricsEndpoints"][0]["interval"]
     secret = analytics.grafana_admin_secret()
     assert values["grafana"]["admin"]["existingSecret"] == secret["metadata"]["name"]
-    assert set(secret["stringData"]) == {values["grafana"]["admin"]["userKey"], values["grafana"]["admin"]["passwordKey"]}
+    assert set(secret["stringData"]) == {
+        values["grafana"]["admin"]["userKey"],
+        values["grafana"]["admin"]["passwordKey"],
+    }
     configmap = analytics.dashboard_configmap()
     sidecar = values["grafana"]["sidecar"]["dashboards"]
-    assert configmap["metadata"]["labels"] == {sidecar["label"]: sidecar["labelValue"]} == {"grafana_dashboard": "1"}
+    assert (
+        configmap["metadata"]["labels"]
+        == {sidecar["label"]: sidecar["labelValue"]}
+        == {"grafana_dashboard": "1"}
+    )
 
 
 def test_the_dashboard_configmap_is_generated_from_the_dashboard_file():
     configmap = analytics.dashboard_configmap(namespace="monitoring")
     assert k8s_unknown_fields(configmap) == []
-    (name, text), = configmap["data"].items()
+    ((name, text),) = configmap["data"].items()
     assert name == analytics.DASHBOARD.name
     assert text == analytics.DASHBOARD.read_text()  # the file itself, not a copy kept elsewhere
     assert yaml.safe_load(render.dump(configmap)) == configmap

@@ -38,9 +38,14 @@ def test_the_dockerfile_passes_its_static_checks():
 def stage_context(tmp_path: Path, dockerfile_text: str) -> tuple[Path, Path]:
     """A copy of the build context (the files the image needs) with an edited Dockerfile."""
     context = tmp_path / "context"
-    for relative in ("serving/__init__.py", "serving/mlflow_server.py", "serving/microservice.py",
-                     "serving/cluster/image/requirements.txt", "serving/cluster/image/constraints.txt",
-                     "serving/cluster/image/Dockerfile.dockerignore"):
+    for relative in (
+        "serving/__init__.py",
+        "serving/mlflow_server.py",
+        "serving/microservice.py",
+        "serving/cluster/image/requirements.txt",
+        "serving/cluster/image/constraints.txt",
+        "serving/cluster/image/Dockerfile.dockerignore",
+    ):
         (context / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / relative, context / relative)
     dockerfile = context / "serving/cluster/image/Dockerfile"
@@ -60,19 +65,49 @@ ORIGINAL = si.DOCKERFILE.read_text()
         (lambda t: t.replace("USER 8888", "USER root"), "USER root is root"),
         (lambda t: t.replace("USER 8888", "USER seldon"), "numeric UID"),
         (lambda t: t.replace("USER 8888\n", ""), "no USER"),
-        (lambda t: t.replace("serving/microservice.py /app", "serving/missing.py /app"), "serving/missing.py does not exist"),
-        (lambda t: t.replace(" serving/microservice.py /app", " /app"), "serving/microservice.py (serving.microservice) is imported"),
-        (lambda t: t.replace("SELDON_BIND_HOST=0.0.0.0", "SELDON_BIND_HOST=127.0.0.1"), "executor could not reach"),
+        (
+            lambda t: t.replace("serving/microservice.py /app", "serving/missing.py /app"),
+            "serving/missing.py does not exist",
+        ),
+        (
+            lambda t: t.replace(" serving/microservice.py /app", " /app"),
+            "serving/microservice.py (serving.microservice) is imported",
+        ),
+        (
+            lambda t: t.replace("SELDON_BIND_HOST=0.0.0.0", "SELDON_BIND_HOST=127.0.0.1"),
+            "executor could not reach",
+        ),
         (lambda t: t.replace("-c /app/constraints.txt", ""), "without the constraints file"),
-        (lambda t: t.replace("&& pip check", "&& pip install mlflow && pip check"), "pip installs ['mlflow']"),
-        (lambda t: t.replace("serving.mlflow_server.MLFlowServer", "serving.mlflow_server.Nope"), "no class Nope"),
-        (lambda t: re.sub(r'CMD \[.*\]', "CMD python -m serving.microservice serving.mlflow_server.MLFlowServer", t), "shell form"),
-        (lambda t: re.sub(r'CMD \[.*\]', 'CMD ["gunicorn", "app"]', t), "does not run python -m serving.microservice"),
+        (
+            lambda t: t.replace("&& pip check", "&& pip install mlflow && pip check"),
+            "pip installs ['mlflow']",
+        ),
+        (
+            lambda t: t.replace("serving.mlflow_server.MLFlowServer", "serving.mlflow_server.Nope"),
+            "no class Nope",
+        ),
+        (
+            lambda t: re.sub(
+                r"CMD \[.*\]", "CMD python -m serving.microservice serving.mlflow_server.MLFlowServer", t
+            ),
+            "shell form",
+        ),
+        (
+            lambda t: re.sub(r"CMD \[.*\]", 'CMD ["gunicorn", "app"]', t),
+            "does not run python -m serving.microservice",
+        ),
         # stock seldon-core loses feedback counts with the manifest's gunicorn threads
-        (lambda t: re.sub(r'CMD \[.*\]', 'CMD ["seldon-core-microservice", "serving.mlflow_server.MLFlowServer"]', t),
-         "the metrics lock"),
+        (
+            lambda t: re.sub(
+                r"CMD \[.*\]", 'CMD ["seldon-core-microservice", "serving.mlflow_server.MLFlowServer"]', t
+            ),
+            "the metrics lock",
+        ),
         (lambda t: t.replace("COPY serving/cluster", "ADD serving/cluster"), "use COPY, not ADD"),
-        (lambda t: t.replace("PYTHONPATH=/app", "PYTHONPATH=/srv").replace("WORKDIR /app", "WORKDIR /srv"), "not under the image's PYTHONPATH"),
+        (
+            lambda t: t.replace("PYTHONPATH=/app", "PYTHONPATH=/srv").replace("WORKDIR /app", "WORKDIR /srv"),
+            "not under the image's PYTHONPATH",
+        ),
     ],
 )
 def test_the_static_checks_catch_each_problem(tmp_path, edit, problem):
@@ -98,8 +133,12 @@ def test_the_image_pins_training_s_versions():
 
 def test_a_trained_model_requires_exactly_what_the_image_installs(trained_arms, tmp_path):
     for version in trained_arms.values():
-        folder = Path(mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}/requirements.txt",
-                                                          dst_path=str(tmp_path / str(version.version))))
+        folder = Path(
+            mlflow.artifacts.download_artifacts(
+                f"models:/{version.name}/{version.version}/requirements.txt",
+                dst_path=str(tmp_path / str(version.version)),
+            )
+        )
         assert si.pin_drift(folder) == []
 
 
@@ -123,7 +162,9 @@ def image_python():
 def operator_env(model_dir: Path, http_port: int, metrics_port: int, manifest_env: dict) -> dict:
     """What Seldon Core v1.17.1's operator sets on the model container (seldondeployment_controller.go)."""
     return {
-        "PREDICTIVE_UNIT_PARAMETERS": json.dumps([{"name": "model_uri", "value": str(model_dir), "type": "STRING"}]),
+        "PREDICTIVE_UNIT_PARAMETERS": json.dumps(
+            [{"name": "model_uri", "value": str(model_dir), "type": "STRING"}]
+        ),
         "PREDICTIVE_UNIT_SERVICE_PORT": str(http_port),
         "PREDICTIVE_UNIT_HTTP_SERVICE_PORT": str(http_port),
         "PREDICTIVE_UNIT_METRICS_SERVICE_PORT": str(metrics_port),
@@ -139,20 +180,26 @@ def operator_env(model_dir: Path, http_port: int, metrics_port: int, manifest_en
 
 
 @pytest.mark.slow
-def test_a_trained_model_loads_and_predicts_the_same_values_in_the_image_environment(trained_arms, image_python, tmp_path):
+def test_a_trained_model_loads_and_predicts_the_same_values_in_the_image_environment(
+    trained_arms, image_python, tmp_path
+):
     from serving import deployment as sdep
     from serving.cluster import publish as pub
     from training.data import FEATURES, load_wine_quality, split_holdout
 
     # the image's Python is training's Python (major.minor), as its FROM line says
-    version = subprocess.run([str(image_python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    version = subprocess.run(
+        [str(image_python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert version == "%d.%d" % sys.version_info[:2]
 
     # the model as the pod receives it: published to a bucket, copied into /mnt/models by rclone
     published = pub.publish((tmp_path / "bucket").as_uri(), model_uris=["models:/wines-classifier@a"])
     mnt_models = tmp_path / "mnt" / "models"
-    shutil.copytree(published["models:/wines-classifier@a"].uri[len("file://"):], mnt_models)
+    shutil.copytree(published["models:/wines-classifier@a"].uri[len("file://") :], mnt_models)
 
     _, holdout = split_holdout(load_wine_quality())
     rows = holdout[FEATURES].head(50)
@@ -161,7 +208,11 @@ def test_a_trained_model_loads_and_predicts_the_same_values_in_the_image_environ
     # the image's file system: only what the Dockerfile COPYs, at the image's paths
     root = si.stage_image_files(tmp_path / "image-root")
     app = root / si.dockerfile_workdir().lstrip("/")
-    assert sorted(p.name for p in (app / "serving").iterdir()) == ["__init__.py", "microservice.py", "mlflow_server.py"]
+    assert sorted(p.name for p in (app / "serving").iterdir()) == [
+        "__init__.py",
+        "microservice.py",
+        "mlflow_server.py",
+    ]
     image_env = si.dockerfile_env()
     http_port, metrics_port = free_port(), free_port()
     manifest_env = sdep.load(REPO / "serving" / "model-a-b.yaml", local=False).predictor("model-a").env
@@ -179,7 +230,9 @@ def test_a_trained_model_loads_and_predicts_the_same_values_in_the_image_environ
     command = [str(image_python), *command[1:]]
     log = tmp_path / "server.log"
     with open(log, "w") as out:
-        server = subprocess.Popen(command, cwd=app, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        server = subprocess.Popen(
+            command, cwd=app, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         wait_for_port(http_port, server, timeout=120, log_path=log)
         base = f"http://127.0.0.1:{http_port}"
@@ -201,8 +254,16 @@ def test_a_trained_model_loads_and_predicts_the_same_values_in_the_image_environ
         assert requests.post(f"{base}/send-feedback", json=feedback, timeout=30).status_code == 200
         metrics = requests.get(f"http://127.0.0.1:{metrics_port}/prometheus", timeout=10)
         assert metrics.status_code == 200
-        reward = [line for line in metrics.text.splitlines() if line.startswith("seldon_api_model_feedback_reward_total{")]
-        assert reward and 'deployment_name="wines-classifier"' in reward[0] and 'predictor_name="model-a"' in reward[0]
+        reward = [
+            line
+            for line in metrics.text.splitlines()
+            if line.startswith("seldon_api_model_feedback_reward_total{")
+        ]
+        assert (
+            reward
+            and 'deployment_name="wines-classifier"' in reward[0]
+            and 'predictor_name="model-a"' in reward[0]
+        )
         assert float(reward[0].rsplit(" ", 1)[1]) == pytest.approx(0.75)
         assert requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).status_code == 404
     finally:

@@ -21,7 +21,9 @@ CREDENTIALS = {"key": "emulator-key", "secret": "emulator-secret"}
 
 def registry_folder(version, into: Path) -> Path:
     """The registered model folder, fetched independently of the publish code."""
-    return Path(mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}", dst_path=str(into)))
+    return Path(
+        mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}", dst_path=str(into))
+    )
 
 
 def read_back(uri: str, into: Path, storage_options=None) -> Path:
@@ -31,7 +33,7 @@ def read_back(uri: str, into: Path, storage_options=None) -> Path:
     fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
     fs.invalidate_cache()
     for path in fs.find(root):
-        target = into / path[len(root.rstrip("/")) + 1:]
+        target = into / path[len(root.rstrip("/")) + 1 :]
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(fs.cat_file(path))
     return into
@@ -65,14 +67,16 @@ def test_publish_round_trips_both_arms_through_a_file_bucket_byte_identical(trai
     # publishing again is a no-op; a changed file in a published version is refused
     again = pub.publish(bucket)
     assert not any(p.copied for p in again.values())
-    target = Path(published["models:/wines-classifier@a"].uri[len("file://"):]) / "MLmodel"
+    target = Path(published["models:/wines-classifier@a"].uri[len("file://") :]) / "MLmodel"
     target.write_text(target.read_text() + "\n# tampered\n")
     with pytest.raises(PublishError, match="already holds a different model .*MLmodel.*immutable"):
         pub.publish(bucket)
     assert pub.publish(bucket, overwrite=True)["models:/wines-classifier@a"].copied
 
 
-def test_publish_round_trips_both_arms_through_the_s3_emulator_byte_identical(trained_arms, tmp_path, monkeypatch):
+def test_publish_round_trips_both_arms_through_the_s3_emulator_byte_identical(
+    trained_arms, tmp_path, monkeypatch
+):
     import s3fs
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
@@ -88,7 +92,9 @@ def test_publish_round_trips_both_arms_through_the_s3_emulator_byte_identical(tr
         assert sum(len(p.files) for p in published.values()) == len(keys)
 
 
-@pytest.mark.skipif(shutil.which("gsutil") is None, reason="gsutil is not installed (publish uses gcsfs then)")
+@pytest.mark.skipif(
+    shutil.which("gsutil") is None, reason="gsutil is not installed (publish uses gcsfs then)"
+)
 def test_publish_with_gsutil_round_trips_to_a_local_folder(trained_arms, tmp_path):
     round_trip(trained_arms, (tmp_path / "gs-bucket").as_uri(), tmp_path, tool="gsutil")
 

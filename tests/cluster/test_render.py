@@ -35,14 +35,20 @@ def test_rendered_manifest_validates_against_the_crd_and_differs_only_in_model_u
     parsed = sdep.parse(rendered, crd=crd, local=False)
     assert parsed.namespace == "seldon"
     assert sorted(p.model_uri for p in parsed.predictors) == sorted(URIS.values())
-    assert set(render.differences(local_plain(), rendered)) == {"metadata.namespace"} | predictor_paths("modelUri")
+    assert set(render.differences(local_plain(), rendered)) == {"metadata.namespace"} | predictor_paths(
+        "modelUri"
+    )
 
 
 def test_a_secret_for_a_private_bucket_adds_only_env_secret_ref_name(crd):
-    rendered = render.plain(render.render_deployment(URIS, "seldon", env_secret="seldon-rclone-secret", crd=crd))
+    rendered = render.plain(
+        render.render_deployment(URIS, "seldon", env_secret="seldon-rclone-secret", crd=crd)
+    )
 
     assert sdep.validate_schema(rendered, crd) == []
-    assert {p.env_secret_ref for p in sdep.parse(rendered, crd=crd, local=False).predictors} == {"seldon-rclone-secret"}
+    assert {p.env_secret_ref for p in sdep.parse(rendered, crd=crd, local=False).predictors} == {
+        "seldon-rclone-secret"
+    }
     assert set(render.differences(local_plain(), rendered)) == (
         {"metadata.namespace"} | predictor_paths("modelUri") | predictor_paths("envSecretRefName")
     )
@@ -56,19 +62,31 @@ def test_rendering_keeps_the_source_comments_and_says_where_it_came_from():
 
 
 def test_predictors_can_be_named_instead_of_their_local_model_uris():
-    rendered = render.plain(render.render_deployment(
-        {"model-a": "gs://bucket-a/x/1", "model-b": "gs://bucket-a/x/2"}, "ml"))
-    assert [p["graph"]["modelUri"] for p in rendered["spec"]["predictors"]] == ["gs://bucket-a/x/1", "gs://bucket-a/x/2"]
+    rendered = render.plain(
+        render.render_deployment({"model-a": "gs://bucket-a/x/1", "model-b": "gs://bucket-a/x/2"}, "ml")
+    )
+    assert [p["graph"]["modelUri"] for p in rendered["spec"]["predictors"]] == [
+        "gs://bucket-a/x/1",
+        "gs://bucket-a/x/2",
+    ]
 
 
 @pytest.mark.parametrize(
     "uris, namespace, problem",
     [
-        ({"model-a": "models:/wines-classifier@a", "model-b": "s3://bucket/x"}, "seldon", "is not a bucket URI"),
+        (
+            {"model-a": "models:/wines-classifier@a", "model-b": "s3://bucket/x"},
+            "seldon",
+            "is not a bucket URI",
+        ),
         ({"model-a": "http://host/x", "model-b": "s3://bucket/x"}, "seldon", "scheme 'http'"),
         ({"model-a": "s3://B_ad!/x", "model-b": "s3://bucket/x"}, "seldon", "not a valid bucket name"),
         ({"model-a": "s3://bucket/x"}, "seldon", "predictor 'model-b'"),
-        ({"model-a": "s3://bucket/x", "model-b": "s3://bucket/y", "model-c": "s3://bucket/z"}, "seldon", "model-c"),
+        (
+            {"model-a": "s3://bucket/x", "model-b": "s3://bucket/y", "model-c": "s3://bucket/z"},
+            "seldon",
+            "model-c",
+        ),
         (URIS, "Seldon_NS", "namespace must be a DNS-1123 label"),
         ({"model-a": "s3://bucket//x", "model-b": "s3://bucket/y"}, "seldon", "empty, '.' or '..'"),
     ],
@@ -84,11 +102,15 @@ ENV = {
     "AWS_SECRET_ACCESS_KEY": "secret/with+chars",
     "AWS_REGION": "eu-west-1",
     "S3_ENDPOINT_URL": "http://minio.minio.svc.cluster.local:9000",
-    "GCS_SERVICE_ACCOUNT_JSON": json.dumps({"type": "service_account", "private_key": "-----BEGIN KEY-----\nabc\n-----END KEY-----\n"}, indent=2),
+    "GCS_SERVICE_ACCOUNT_JSON": json.dumps(
+        {"type": "service_account", "private_key": "-----BEGIN KEY-----\nabc\n-----END KEY-----\n"}, indent=2
+    ),
 }
 
 
-@pytest.mark.parametrize("variant, uri", [("s3", "s3://b-1/m/1"), ("minio", "s3://b-1/m/1"), ("gcs", "gs://b-1/m/1")])
+@pytest.mark.parametrize(
+    "variant, uri", [("s3", "s3://b-1/m/1"), ("minio", "s3://b-1/m/1"), ("gcs", "gs://b-1/m/1")]
+)
 def test_each_storage_secret_template_fills_opens_its_bucket_and_is_a_valid_secret(variant, uri):
     secret = render.rclone_secret(variant, ENV, namespace="seldon", model_uri=uri)
 
@@ -103,7 +125,9 @@ def test_each_storage_secret_template_fills_opens_its_bucket_and_is_a_valid_secr
 
 def test_the_gcs_secret_carries_the_key_file_verbatim_and_turns_off_anonymous_access():
     data = render.rclone_secret("gcs", ENV)["stringData"]
-    assert json.loads(data["RCLONE_CONFIG_GS_SERVICE_ACCOUNT_CREDENTIALS"]) == json.loads(ENV["GCS_SERVICE_ACCOUNT_JSON"])
+    assert json.loads(data["RCLONE_CONFIG_GS_SERVICE_ACCOUNT_CREDENTIALS"]) == json.loads(
+        ENV["GCS_SERVICE_ACCOUNT_JSON"]
+    )
     assert data["RCLONE_CONFIG_GS_ANONYMOUS"] == "false"
 
 
@@ -114,7 +138,10 @@ def test_a_secret_for_the_wrong_remote_is_refused_naming_the_keys_it_needs():
 
 
 def test_lower_case_rclone_keys_are_refused():
-    secret = {"metadata": {"name": "x"}, "stringData": {"rclone_config_s3_type": "s3", "RCLONE_CONFIG_S3_PROVIDER": "AWS"}}
+    secret = {
+        "metadata": {"name": "x"},
+        "stringData": {"rclone_config_s3_type": "s3", "RCLONE_CONFIG_S3_PROVIDER": "AWS"},
+    }
     with pytest.raises(ClusterError, match="upper-case"):
         render.check_secret_for_uri(secret, "s3://bucket/x")
 
@@ -134,7 +161,9 @@ def test_seldon_core_values_make_mlflow_server_run_our_image_with_istio():
     # the chart renders the values with toJson into seldon-config; a tag like 1.0 must stay a string
     again = yaml.safe_load(render.dump(render.seldon_core_values("localhost:5000/server:1.0")))
     assert again["predictor_servers"]["MLFLOW_SERVER"]["protocols"]["seldon"] == {
-        "image": "localhost:5000/server", "defaultImageVersion": "1.0"}
+        "image": "localhost:5000/server",
+        "defaultImageVersion": "1.0",
+    }
 
 
 def test_the_gateway_the_values_name_is_the_gateway_we_ship():
@@ -145,7 +174,12 @@ def test_the_gateway_the_values_name_is_the_gateway_we_ship():
 
 @pytest.mark.parametrize(
     "image, problem",
-    [("server", "has no tag"), ("localhost:5000/server", "has no tag"), ("server:latest", "latest"), ("", "image must be")],
+    [
+        ("server", "has no tag"),
+        ("localhost:5000/server", "has no tag"),
+        ("server:latest", "latest"),
+        ("", "image must be"),
+    ],
 )
 def test_an_image_without_a_pinned_tag_is_refused(image, problem):
     with pytest.raises(ClusterError, match=problem):
@@ -160,13 +194,22 @@ def test_a_digest_pins_the_image_too():
 def test_patching_an_existing_seldon_config_changes_only_mlflow_servers_seldon_image():
     # the shape of the chart's default predictor_servers (helm-charts/seldon-core-operator/values.yaml)
     current = {
-        "MLFLOW_SERVER": {"protocols": {"seldon": {"image": "seldonio/mlflowserver", "defaultImageVersion": "1.17.1"},
-                                        "v2": {"image": "seldonio/mlserver", "defaultImageVersion": "1.3.5-mlflow"}}},
-        "SKLEARN_SERVER": {"protocols": {"seldon": {"image": "seldonio/sklearnserver", "defaultImageVersion": "1.17.1"}}},
+        "MLFLOW_SERVER": {
+            "protocols": {
+                "seldon": {"image": "seldonio/mlflowserver", "defaultImageVersion": "1.17.1"},
+                "v2": {"image": "seldonio/mlserver", "defaultImageVersion": "1.3.5-mlflow"},
+            }
+        },
+        "SKLEARN_SERVER": {
+            "protocols": {"seldon": {"image": "seldonio/sklearnserver", "defaultImageVersion": "1.17.1"}}
+        },
     }
     patch = render.seldon_config_patch("reg/server:2", json.dumps(current))
     servers = json.loads(patch["data"]["predictor_servers"])
-    assert servers["MLFLOW_SERVER"]["protocols"]["seldon"] == {"image": "reg/server", "defaultImageVersion": "2"}
+    assert servers["MLFLOW_SERVER"]["protocols"]["seldon"] == {
+        "image": "reg/server",
+        "defaultImageVersion": "2",
+    }
     assert servers["MLFLOW_SERVER"]["protocols"]["v2"] == current["MLFLOW_SERVER"]["protocols"]["v2"]
     assert servers["SKLEARN_SERVER"] == current["SKLEARN_SERVER"]
     with pytest.raises(ClusterError, match="not JSON"):
@@ -174,4 +217,8 @@ def test_patching_an_existing_seldon_config_changes_only_mlflow_servers_seldon_i
 
 
 def test_differences_names_every_changed_path():
-    assert render.differences({"a": {"b": [1, {"c": 2}]}, "d": 1}, {"a": {"b": [1, {"c": 3}]}, "e": 1}) == ["a.b[1].c", "d", "e"]
+    assert render.differences({"a": {"b": [1, {"c": 2}]}, "d": 1}, {"a": {"b": [1, {"c": 3}]}, "e": 1}) == [
+        "a.b[1].c",
+        "d",
+        "e",
+    ]

@@ -22,8 +22,15 @@ class PacedReplay:
     and ``finished`` (Unix times) and ``feedback_started`` (when the feedback was first sent).
     """
 
-    def __init__(self, endpoints: feedback.Endpoints, rate: float = 50, max_seconds: float = 120,
-                 max_rows: int = 20_000, in_flight: int = 32, retries: int = 8):
+    def __init__(
+        self,
+        endpoints: feedback.Endpoints,
+        rate: float = 50,
+        max_seconds: float = 120,
+        max_rows: int = 20_000,
+        in_flight: int = 32,
+        retries: int = 8,
+    ):
         self.replayer = feedback.Replayer(endpoints, "arm", retries=retries, timeout=30)
         self.rate, self.max_seconds, self.max_rows, self.in_flight = rate, max_seconds, max_rows, in_flight
         rows = feedback.holdout_rows()
@@ -43,15 +50,22 @@ class PacedReplay:
                 async with semaphore:
                     k = i % len(self.truths)
                     started = time.time()
-                    result = await self.replayer.one(connections, i, self.features[k : k + 1], float(self.truths[k]))
-                    result.update(started=started, finished=time.time(),
-                                  feedback_started=started + result.get("predict_ms", 0) / 1000)
+                    result = await self.replayer.one(
+                        connections, i, self.features[k : k + 1], float(self.truths[k])
+                    )
+                    result.update(
+                        started=started,
+                        finished=time.time(),
+                        feedback_started=started + result.get("predict_ms", 0) / 1000,
+                    )
                     self.rows.append(result)
 
             tasks = []
             start = time.monotonic()
             i = 0
-            while not self._stop.is_set() and i < self.max_rows and time.monotonic() - start < self.max_seconds:
+            while (
+                not self._stop.is_set() and i < self.max_rows and time.monotonic() - start < self.max_seconds
+            ):
                 due = start + i / self.rate
                 delay = due - time.monotonic()
                 if delay > 0:
@@ -64,7 +78,7 @@ class PacedReplay:
         finally:
             await connections.close()
 
-    def __enter__(self) -> "PacedReplay":
+    def __enter__(self) -> PacedReplay:
         self._thread.start()
         return self
 
@@ -74,4 +88,6 @@ class PacedReplay:
         assert not self._thread.is_alive(), "the load did not finish"
 
     def log(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=feedback.LOG_COLUMNS + ["started", "finished", "feedback_started"])
+        return pd.DataFrame(
+            self.rows, columns=feedback.LOG_COLUMNS + ["started", "finished", "feedback_started"]
+        )

@@ -10,7 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from seldon_core.proto import prediction_pb2
-from seldon_core.utils import array_to_grpc_datadef, feedback_to_json, json_to_feedback, json_to_seldon_message, seldon_message_to_json
+from seldon_core.utils import (
+    array_to_grpc_datadef,
+    feedback_to_json,
+    json_to_feedback,
+    json_to_seldon_message,
+    seldon_message_to_json,
+)
 
 import feedback
 from serving.mlflow_server import MLFlowServer
@@ -27,17 +33,24 @@ def test_the_prediction_request_is_the_one_seldon_client_builds(rows):
         # what SeldonClient.predict(data=features, names=FEATURES, payload_type="ndarray") sends
         meta = prediction_pb2.Meta()
         expected = seldon_message_to_json(
-            prediction_pb2.SeldonMessage(data=array_to_grpc_datadef("ndarray", features, names=FEATURES), meta=meta)
+            prediction_pb2.SeldonMessage(
+                data=array_to_grpc_datadef("ndarray", features, names=FEATURES), meta=meta
+            )
         )
         assert feedback.prediction_request(features) == expected
 
 
 def test_the_feedback_is_the_one_seldon_client_builds(rows):
     request = feedback.prediction_request(rows[:1])
-    response = {"data": {"names": ["t:0"], "ndarray": [5.57]}, "meta": {"requestPath": {"model-a": "img:tag"}, "puid": "abc"}}
+    response = {
+        "data": {"names": ["t:0"], "ndarray": [5.57]},
+        "meta": {"requestPath": {"model-a": "img:tag"}, "puid": "abc"},
+    }
     # what SeldonClient.feedback(prediction_request, prediction_response, reward) sends (proto client)
     proto = prediction_pb2.Feedback(
-        request=json_to_seldon_message(request), response=json_to_seldon_message(response), reward=0.61,
+        request=json_to_seldon_message(request),
+        response=json_to_seldon_message(response),
+        reward=0.61,
     )
     ours = feedback.feedback_message(request, response, 0.61)
     # the server parses both into the same Feedback message
@@ -59,7 +72,9 @@ def test_the_direct_estimator_call_answers_what_pyfunc_answers(servers, rows):
     shuffled = [FEATURES[i] for i in order]
     for server in servers.values():
         assert server._direct is not None, "a plain scikit-learn model should take the direct path"
-        expected = np.asarray(server._model.predict(server.request_frame({"data": {"ndarray": rows.tolist()}})), dtype=float)
+        expected = np.asarray(
+            server._model.predict(server.request_frame({"data": {"ndarray": rows.tolist()}})), dtype=float
+        )
         for request in (
             {"data": {"ndarray": rows.tolist()}},
             {"data": {"names": FEATURES, "ndarray": rows.tolist()}},
@@ -67,7 +82,9 @@ def test_the_direct_estimator_call_answers_what_pyfunc_answers(servers, rows):
             {"data": {"tensor": {"shape": list(rows.shape), "values": rows.ravel().tolist()}}},
         ):
             answer = server.predict_raw(request)["data"]
-            got = np.asarray(answer["ndarray"] if "ndarray" in answer else answer["tensor"]["values"], dtype=float)
+            got = np.asarray(
+                answer["ndarray"] if "ndarray" in answer else answer["tensor"]["values"], dtype=float
+            )
             np.testing.assert_array_equal(got, expected)
 
 

@@ -52,7 +52,9 @@ def wait_restarted(stack, name: str, restarts: int, timeout: float = 90) -> floa
         if proc["restarts"] > restarts and proc["ready"]:
             return time.time()
         time.sleep(0.2)
-    raise AssertionError(f"the stack did not restart {name} within {timeout} s: {stack.status()['processes'][name]}")
+    raise AssertionError(
+        f"the stack did not restart {name} within {timeout} s: {stack.status()['processes'][name]}"
+    )
 
 
 def accepted_per_arm(log) -> dict[str, int]:
@@ -100,20 +102,30 @@ def test_kill_9_of_a_model_server_under_load_loses_at_most_one_scrape_of_its_cou
     assert counted["model-a"] == in_log["model-a"]
 
     # the killed arm: what its old process accepted after its last scrape is gone, nothing else
-    samples = prometheus.query(url, f'{analysis.FEEDBACK}{{predictor_name="model-b"}}[{int(time.time() - since) + 60}s]')
+    samples = prometheus.query(
+        url, f'{analysis.FEEDBACK}{{predictor_name="model-b"}}[{int(time.time() - since) + 60}s]'
+    )
     old = [s for s in samples if float(s["values"][-1][0]) < killed_at + 0.5]
     assert len(old) == 1 and len(samples) == 2, [s["metric"].get("worker_id") for s in samples]
     last_scrape = float(old[0]["values"][-1][0])
     assert killed_at - last_scrape <= SCRAPE_INTERVAL_SECONDS + 1.0
-    b = log[(log["feedback_arm"] == "model-b") & (log["finished"] < killed_at + 1.0)]  # answered by the old process
-    surely_lost = int((b["feedback_started"] > last_scrape + 0.5).sum())  # sent after that scrape had read the counter
+    b = log[
+        (log["feedback_arm"] == "model-b") & (log["finished"] < killed_at + 1.0)
+    ]  # answered by the old process
+    surely_lost = int(
+        (b["feedback_started"] > last_scrape + 0.5).sum()
+    )  # sent after that scrape had read the counter
     maybe_lost = int((b["finished"] > last_scrape).sum())  # not answered before that scrape began
     lost = in_log["model-b"] - counted["model-b"]
-    print(f"\nmodel-b killed at {killed_at:.2f}, last scrape of the old process {killed_at - last_scrape:.2f} s before; "
-          f"log {in_log}, Prometheus {counted}; lost {lost:g} (window {surely_lost}..{maybe_lost}); "
-          f"restarted and ready {recovered_at - killed_at:.1f} s after the kill")
+    print(
+        f"\nmodel-b killed at {killed_at:.2f}, last scrape of the old process {killed_at - last_scrape:.2f} s before; "
+        f"log {in_log}, Prometheus {counted}; lost {lost:g} (window {surely_lost}..{maybe_lost}); "
+        f"restarted and ready {recovered_at - killed_at:.1f} s after the kill"
+    )
     assert surely_lost <= lost <= maybe_lost
-    assert lost <= RATE * (SCRAPE_INTERVAL_SECONDS + 1)  # at most about one scrape interval of this arm's feedback
+    assert lost <= RATE * (
+        SCRAPE_INTERVAL_SECONDS + 1
+    )  # at most about one scrape interval of this arm's feedback
 
 
 def test_kill_9_of_prometheus_under_load_keeps_every_count(private_stack):
@@ -135,4 +147,6 @@ def test_kill_9_of_prometheus_under_load_keeps_every_count(private_stack):
     # and the TSDB kept what it had before the kill (the WAL is replayed on start)
     kept = prometheus.query(url, f"count_over_time(up[{SCRAPE_INTERVAL_SECONDS * 2}s])", at=before_kill - 0.5)
     assert kept and all(float(r["value"][1]) >= 1 for r in kept), kept
-    print(f"\nPrometheus killed and back in {recovered_at - before_kill:.1f} s; log {in_log}, Prometheus {counted}")
+    print(
+        f"\nPrometheus killed and back in {recovered_at - before_kill:.1f} s; log {in_log}, Prometheus {counted}"
+    )

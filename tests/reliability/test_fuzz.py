@@ -26,25 +26,64 @@ SCALE = float(os.environ.get("FUZZ_SCALE", "1"))
 # ≥ 1,000 generated bad payloads in all: 2 x 300 predictions + 2 x 225 feedbacks = 1,050
 EXAMPLES = {"predictions": int(300 * SCALE), "feedback": int(225 * SCALE)}
 FUZZ_SETTINGS = dict(
-    deadline=None, derandomize=SCALE == 1, database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example,
-                           HealthCheck.function_scoped_fixture],
+    deadline=None,
+    derandomize=SCALE == 1,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+        HealthCheck.function_scoped_fixture,
+    ],
 )
 
 # ------------------------------------------------------------------------------------ strategies
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=12),
 )
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=20)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
 numbers = st.floats(allow_nan=False, allow_infinity=False, width=64)
 # JSON number tokens Python's parser accepts (or that are not JSON at all) but no model can use
-raw_tokens = st.sampled_from([
-    "NaN", "-NaN", "Infinity", "-Infinity", "1e999", "-1e999", "1" + "0" * 400, "-" + "9" * 4000, "1e-400",
-    "-0.0", "0x10", "01", "1.", "+1", ".5", "1e", "true", "null", '"7.0"', "[]", "{}", "9" * 5000,
-])
+raw_tokens = st.sampled_from(
+    [
+        "NaN",
+        "-NaN",
+        "Infinity",
+        "-Infinity",
+        "1e999",
+        "-1e999",
+        "1" + "0" * 400,
+        "-" + "9" * 4000,
+        "1e-400",
+        "-0.0",
+        "0x10",
+        "01",
+        "1.",
+        "+1",
+        ".5",
+        "1e",
+        "true",
+        "null",
+        '"7.0"',
+        "[]",
+        "{}",
+        "9" * 5000,
+    ]
+)
 names = st.one_of(
-    st.none(), scalars, st.lists(st.text(max_size=14), max_size=13),
+    st.none(),
+    scalars,
+    st.lists(st.text(max_size=14), max_size=13),
     st.lists(st.sampled_from(FEATURES), max_size=13),  # duplicates, missing ones, wrong order
     st.permutations(FEATURES).map(list),  # a valid shuffle (must work)
 )
@@ -53,19 +92,28 @@ rows = st.one_of(
     st.lists(st.lists(numbers, min_size=11, max_size=11), min_size=0, max_size=3),  # right shape, any floats
     values,
 )
-tensors = st.fixed_dictionaries({}, optional={
-    "shape": st.one_of(st.lists(st.one_of(st.integers(-3, 30), scalars), max_size=4), values),
-    "values": st.one_of(st.lists(st.one_of(numbers, scalars), max_size=40), values),
-})
+tensors = st.fixed_dictionaries(
+    {},
+    optional={
+        "shape": st.one_of(st.lists(st.one_of(st.integers(-3, 30), scalars), max_size=4), values),
+        "values": st.one_of(st.lists(st.one_of(numbers, scalars), max_size=40), values),
+    },
+)
 data_objects = st.one_of(
     st.fixed_dictionaries({"ndarray": rows}, optional={"names": names}),
     st.fixed_dictionaries({"tensor": tensors}, optional={"names": names}),
-    st.dictionaries(st.sampled_from(["strData", "binData", "jsonData", "tftensor", "ndarray", "tensor", "names", "x"]), values, max_size=3),
+    st.dictionaries(
+        st.sampled_from(["strData", "binData", "jsonData", "tftensor", "ndarray", "tensor", "names", "x"]),
+        values,
+        max_size=3,
+    ),
     values,
 )
 prediction_objects = st.one_of(
     st.fixed_dictionaries({"data": data_objects}, optional={"meta": values, "puid": values}),
-    st.dictionaries(st.sampled_from(["data", "meta", "strData", "binData", "jsonData", "status", ""]), values, max_size=3),
+    st.dictionaries(
+        st.sampled_from(["data", "meta", "strData", "binData", "jsonData", "status", ""]), values, max_size=3
+    ),
     values,
 )
 
@@ -81,7 +129,9 @@ def with_token(token: str, position: int) -> str:
     return '{"data": {"names": %s, "ndarray": [[%s]]}}' % (json.dumps(FEATURES), ", ".join(row))
 
 
-BIG = json.dumps({"data": {"names": FEATURES, "ndarray": [ROW] * 12_000}})  # ~1.4 MB: over the gateway's 1 MiB
+BIG = json.dumps(
+    {"data": {"names": FEATURES, "ndarray": [ROW] * 12_000}}
+)  # ~1.4 MB: over the gateway's 1 MiB
 raw_predictions = st.one_of(
     prediction_objects.map(json.dumps),
     st.builds(with_token, raw_tokens, st.integers(0, 10)),
@@ -89,11 +139,21 @@ raw_predictions = st.one_of(
     st.binary(max_size=64).map(lambda b: b.decode("latin-1")),  # not JSON, maybe not UTF-8
     st.sampled_from(["", "{", '{"data": {"ndarray": [[1, 2', "\x00", "\ufeff{}", BIG, BIG[: len(BIG) // 2]]),
 )
-content_types = st.sampled_from([
-    "application/json", "application/json", "application/json", "text/plain", "application/x-www-form-urlencoded",
-    "multipart/form-data; boundary=x", "application/octet-stream", "", "application/json; charset=utf-16",
-    "application/json; charset=latin-1", "image/png",
-])
+content_types = st.sampled_from(
+    [
+        "application/json",
+        "application/json",
+        "application/json",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/octet-stream",
+        "",
+        "application/json; charset=utf-16",
+        "application/json; charset=latin-1",
+        "image/png",
+    ]
+)
 
 
 @st.composite
@@ -104,13 +164,25 @@ def feedback_bodies(draw) -> str:
     if kind == 0:
         return json.dumps(draw(values))
     if kind == 1:  # a raw reward token: NaN, Infinity, 1e999, a string...
-        return '{"request": %s, "response": %s, "reward": %s}' % (json.dumps(PREDICTION), json.dumps(good_response), draw(raw_tokens))
+        return '{"request": %s, "response": %s, "reward": %s}' % (
+            json.dumps(PREDICTION),
+            json.dumps(good_response),
+            draw(raw_tokens),
+        )
     body = {"request": PREDICTION, "response": good_response, "reward": 0.5}
     part = draw(st.sampled_from(["request", "response", "reward", "truth", "extra"]))
     if part == "extra":
         body[draw(st.text(max_size=8))] = draw(values)
     elif part == "reward":
-        body["reward"] = draw(st.one_of(values, st.floats(allow_nan=False, allow_infinity=False), st.just(0), st.just(3.5e38), st.just(1e39)))
+        body["reward"] = draw(
+            st.one_of(
+                values,
+                st.floats(allow_nan=False, allow_infinity=False),
+                st.just(0),
+                st.just(3.5e38),
+                st.just(1e39),
+            )
+        )
     else:
         body[part] = draw(st.one_of(values, prediction_objects))
     return json.dumps(body)
@@ -148,7 +220,9 @@ def test_hostile_predictions_get_4xx_never_5xx(private_stack, where):
         response = post(session, f"{base}/predictions", body, content_type)
         seen["sent"] += 1
         seen["status"][response.status_code] = seen["status"].get(response.status_code, 0) + 1
-        assert response.status_code < 500, f"{response.status_code} for {body[:300]!r} ({content_type}): {response.text[:500]}"
+        assert response.status_code < 500, (
+            f"{response.status_code} for {body[:300]!r} ({content_type}): {response.text[:500]}"
+        )
         if response.status_code != 200:
             assert response.json()["status"]["info"], "a 4xx must say what is wrong"
 
@@ -172,20 +246,32 @@ def test_hostile_feedback_gets_4xx_never_5xx_and_never_poisons_the_counters(priv
     @example(body="false", content_type="application/json")
     @example(body='{"request": {"data": {"tensor": {}}}, "reward": 0.5}', content_type="application/json")
     @example(body='{"request": {"data": {"tftensor": []}}, "reward": 0.5}', content_type="application/json")
-    @example(body='{"request": %s, "reward": 1%s}' % (json.dumps(PREDICTION), "0" * 400), content_type="application/json")
+    @example(
+        body='{"request": %s, "reward": 1%s}' % (json.dumps(PREDICTION), "0" * 400),
+        content_type="application/json",
+    )
     def check(body, content_type):
         response = post(session, f"{base}/feedback", body, content_type)
         seen["sent"] += 1
         seen["status"][response.status_code] = seen["status"].get(response.status_code, 0) + 1
-        assert response.status_code < 500, f"{response.status_code} for {body[:300]!r} ({content_type}): {response.text[:500]}"
+        assert response.status_code < 500, (
+            f"{response.status_code} for {body[:300]!r} ({content_type}): {response.text[:500]}"
+        )
 
     check()
     assert seen["sent"] >= EXAMPLES["feedback"] * 0.9, seen
     # whatever was accepted, the reward counter stays a finite number (no NaN/Inf smuggled in)
     metrics = requests.get(private_stack.urls["model_metrics"]["model-a"], timeout=10).text
-    rewards = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-               if line.startswith("seldon_api_model_feedback_reward_total{")]
+    rewards = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("seldon_api_model_feedback_reward_total{")
+    ]
     assert rewards and all(math.isfinite(r) for r in rewards), rewards
     still_serves(session, base)
-    good = {"request": PREDICTION, "response": session.post(f"{base}/predictions", json=PREDICTION, timeout=30).json(), "reward": 0.5}
+    good = {
+        "request": PREDICTION,
+        "response": session.post(f"{base}/predictions", json=PREDICTION, timeout=30).json(),
+        "reward": 0.5,
+    }
     assert session.post(f"{base}/feedback", json=good, timeout=30).status_code == 200

@@ -39,8 +39,12 @@ SOAK_RATE = 50  # rows/s, each a prediction and a feedback
 def test_feedback_from_8_concurrent_clients_is_counted_exactly_per_arm(private_stack):
     stack, url = private_stack, private_stack.prometheus_url
     arms = sorted(stack.predictor_urls)
-    answers = {arm: requests.post(f"{stack.predictor_urls[arm]}/api/v1.0/predictions", json=PREDICTION, timeout=10).json()
-               for arm in arms}
+    answers = {
+        arm: requests.post(
+            f"{stack.predictor_urls[arm]}/api/v1.0/predictions", json=PREDICTION, timeout=10
+        ).json()
+        for arm in arms
+    }
     analysis.wait_for_scrape(url, time.time())
     count_before = metric_sum_by_predictor(url, "seldon_api_model_feedback_total")
     reward_before = metric_sum_by_predictor(url, "seldon_api_model_feedback_reward_total")
@@ -76,8 +80,12 @@ def test_feedback_from_8_concurrent_clients_is_counted_exactly_per_arm(private_s
     analysis.wait_for_scrape(url, time.time())
     count_after = metric_sum_by_predictor(url, "seldon_api_model_feedback_total")
     reward_after = metric_sum_by_predictor(url, "seldon_api_model_feedback_reward_total")
-    assert {arm: count_after[arm] - count_before.get(arm, 0) for arm in arms} == {arm: sent[arm] for arm in arms}
-    assert {arm: reward_after[arm] - reward_before.get(arm, 0) for arm in arms} == {arm: rewarded[arm] for arm in arms}
+    assert {arm: count_after[arm] - count_before.get(arm, 0) for arm in arms} == {
+        arm: sent[arm] for arm in arms
+    }
+    assert {arm: reward_after[arm] - reward_before.get(arm, 0) for arm in arms} == {
+        arm: rewarded[arm] for arm in arms
+    }
 
 
 def stack_processes(stack) -> dict[str, psutil.Process]:
@@ -94,8 +102,11 @@ def stack_processes(stack) -> dict[str, psutil.Process]:
             continue
         role = ""
         if part.startswith("model-"):  # seldon-core: two gunicorn servers and a metrics store
-            leader_ports = {c.laddr.port for c in psutil.Process(os.getpgid(pid)).net_connections("inet")
-                            if c.status == psutil.CONN_LISTEN}
+            leader_ports = {
+                c.laddr.port
+                for c in psutil.Process(os.getpgid(pid)).net_connections("inet")
+                if c.status == psutil.CONN_LISTEN
+            }
             if pid == os.getpgid(pid):
                 role = "REST gunicorn master"
             elif ports and ports == leader_ports:
@@ -116,8 +127,12 @@ def test_a_60_s_soak_at_a_fixed_rate_has_no_error_and_flat_memory(private_stack)
     stack, url = private_stack, private_stack.prometheus_url
     since = analysis.mark(url)
     processes = stack_processes(stack)
-    with PacedReplay(feedback.Endpoints.local(stack.state_dir), rate=SOAK_RATE, max_seconds=SOAK_SECONDS + 5) as load:
-        time.sleep(5)  # warm: first allocations, connection pools, Prometheus's first samples of the new series
+    with PacedReplay(
+        feedback.Endpoints.local(stack.state_dir), rate=SOAK_RATE, max_seconds=SOAK_SECONDS + 5
+    ) as load:
+        time.sleep(
+            5
+        )  # warm: first allocations, connection pools, Prometheus's first samples of the new series
         start = rss_mib(processes)
         time.sleep(SOAK_SECONDS)
         end = rss_mib(processes)
@@ -126,7 +141,9 @@ def test_a_60_s_soak_at_a_fixed_rate_has_no_error_and_flat_memory(private_stack)
     print(f"\nsoak: {len(log)} rows ({2 * len(log)} requests) in {seconds:.0f} s, {load.late} started late")
     print(f"{'process':<44} {'start MiB':>10} {'end MiB':>10} {'growth':>8}")
     for name in start:
-        print(f"{name:<44} {start[name]:>10.1f} {end.get(name, float('nan')):>10.1f} {end.get(name, 0) - start[name]:>+8.1f}")
+        print(
+            f"{name:<44} {start[name]:>10.1f} {end.get(name, float('nan')):>10.1f} {end.get(name, 0) - start[name]:>+8.1f}"
+        )
 
     assert seconds >= SOAK_SECONDS
     assert len(log) >= SOAK_RATE * SOAK_SECONDS
@@ -134,7 +151,11 @@ def test_a_60_s_soak_at_a_fixed_rate_has_no_error_and_flat_memory(private_stack)
     bad = log[(log["predict_status"] != 200) | (log["feedback_status"] != 200) | (log["attempts"] != 1)]
     assert bad.empty, bad.head().to_string()
     assert set(end) == set(start), "a process of the stack died or was replaced during the soak"
-    grew = {name: (start[name], end[name]) for name in start if end[name] - start[name] > max(16.0, 0.10 * start[name])}
+    grew = {
+        name: (start[name], end[name])
+        for name in start
+        if end[name] - start[name] > max(16.0, 0.10 * start[name])
+    }
     assert not grew, f"memory grew by more than max(16 MiB, 10%): {grew}"
     # and the books balance after 6,000 requests: the log per arm == Prometheus per arm, exactly
     analysis.cross_check(log, url, since=since)

@@ -29,24 +29,54 @@ def test_the_committed_manifest_is_valid_against_the_crd(crd):
     assert deployment.name == "wines-classifier" and deployment.namespace == "default"
     assert deployment.traffic == {"model-a": 50, "model-b": 50}
     assert [p.node for p in deployment.predictors] == ["model-a", "model-b"]
-    assert [p.model_uri for p in deployment.predictors] == ["models:/wines-classifier@a", "models:/wines-classifier@b"]
+    assert [p.model_uri for p in deployment.predictors] == [
+        "models:/wines-classifier@a",
+        "models:/wines-classifier@b",
+    ]
     assert deployment.predictor("model-a").readiness.path == "/health/ping"  # probes come from the YAML
 
 
 INVALID = {
-    "traffic does not add up": (lambda m: predictors(m)[0].update(traffic=60), "traffic must add up to 100 across predictors, got 110"),
+    "traffic does not add up": (
+        lambda m: predictors(m)[0].update(traffic=60),
+        "traffic must add up to 100 across predictors, got 110",
+    ),
     "negative traffic": (lambda m: predictors(m)[0].update(traffic=-10), "traffic"),
     "traffic as a string": (lambda m: predictors(m)[0].update(traffic="50"), "traffic"),
-    "duplicate predictor names": (lambda m: predictors(m)[1].update(name="model-a"), "predictor names must be unique"),
-    "duplicate node names": (lambda m: predictors(m)[1]["graph"].update(name="model-a"), "graph node names must be unique"),
-    "unknown implementation": (lambda m: predictors(m)[0]["graph"].update(implementation="MLFLOW_SEVRER"), "'MLFLOW_SEVRER' is not a Seldon prepackaged server"),
-    "implementation not served locally": (lambda m: predictors(m)[0]["graph"].update(implementation="SKLEARN_SERVER"), "the local stack serves MLFLOW_SERVER only"),
+    "duplicate predictor names": (
+        lambda m: predictors(m)[1].update(name="model-a"),
+        "predictor names must be unique",
+    ),
+    "duplicate node names": (
+        lambda m: predictors(m)[1]["graph"].update(name="model-a"),
+        "graph node names must be unique",
+    ),
+    "unknown implementation": (
+        lambda m: predictors(m)[0]["graph"].update(implementation="MLFLOW_SEVRER"),
+        "'MLFLOW_SEVRER' is not a Seldon prepackaged server",
+    ),
+    "implementation not served locally": (
+        lambda m: predictors(m)[0]["graph"].update(implementation="SKLEARN_SERVER"),
+        "the local stack serves MLFLOW_SERVER only",
+    ),
     "no modelUri": (lambda m: predictors(m)[0]["graph"].pop("modelUri"), "graph.modelUri is missing"),
-    "old apiVersion": (lambda m: m.update(apiVersion="machinelearning.seldon.io/v1alpha2"), "apiVersion must be 'machinelearning.seldon.io/v1'"),
+    "old apiVersion": (
+        lambda m: m.update(apiVersion="machinelearning.seldon.io/v1alpha2"),
+        "apiVersion must be 'machinelearning.seldon.io/v1'",
+    ),
     "wrong kind": (lambda m: m.update(kind="Deployment"), "kind must be 'SeldonDeployment'"),
-    "no predictors": (lambda m: m["spec"].update(predictors=[]), "spec.predictors must list at least one predictor"),
-    "upper-case name": (lambda m: m["metadata"].update(name="Wines"), "metadata.name must be a DNS-1123 label"),
-    "graph with children": (lambda m: predictors(m)[0]["graph"].update(children=[{"name": "x", "type": "MODEL"}]), "has children"),
+    "no predictors": (
+        lambda m: m["spec"].update(predictors=[]),
+        "spec.predictors must list at least one predictor",
+    ),
+    "upper-case name": (
+        lambda m: m["metadata"].update(name="Wines"),
+        "metadata.name must be a DNS-1123 label",
+    ),
+    "graph with children": (
+        lambda m: predictors(m)[0]["graph"].update(children=[{"name": "x", "type": "MODEL"}]),
+        "has children",
+    ),
     "no graph": (lambda m: predictors(m)[0].pop("graph"), "graph"),
 }
 
@@ -64,12 +94,17 @@ def test_schema_errors_name_the_field(crd):
     bad = edited(lambda m: predictors(m)[0].update(replicas="two"))
     errors = sdep.validate_schema(bad, crd)
     assert any(e.startswith("spec.predictors.0.replicas:") for e in errors)
-    with pytest.raises(sdep.DeploymentError, match="does not match the SeldonDeployment CRD schema: spec.predictors.0.replicas"):
+    with pytest.raises(
+        sdep.DeploymentError,
+        match="does not match the SeldonDeployment CRD schema: spec.predictors.0.replicas",
+    ):
         sdep.parse(bad, crd=crd)
 
 
 def test_a_lone_predictor_takes_all_traffic():
-    lone = edited(lambda m: (m["spec"].update(predictors=[predictors(m)[0]]), predictors(m)[0].pop("traffic")))
+    lone = edited(
+        lambda m: (m["spec"].update(predictors=[predictors(m)[0]]), predictors(m)[0].pop("traffic"))
+    )
     assert sdep.parse(lone).traffic == {"model-a": 100}
 
 
@@ -86,7 +121,9 @@ def test_unreadable_and_non_yaml_files(tmp_path):
 
 
 def test_model_uris_are_resolved_before_starting(trained_arms, tmp_path):
-    assert sdep.resolve_model_uri("models:/wines-classifier@a").endswith(f"version {trained_arms['a'].version}")
+    assert sdep.resolve_model_uri("models:/wines-classifier@a").endswith(
+        f"version {trained_arms['a'].version}"
+    )
     with pytest.raises(sdep.DeploymentError, match="not found in the MLflow registry"):
         sdep.resolve_model_uri("models:/wines-classifier@nobody")
     with pytest.raises(sdep.DeploymentError, match="a bucket URI is for clusters"):
@@ -117,8 +154,20 @@ def test_cli_refuses_an_invalid_manifest_and_starts_nothing(tmp_path, case):
     manifest.write_text(yaml.safe_dump(edited(INVALID[case][0])))
     state = tmp_path / "state"
     result = subprocess.run(
-        [sys.executable, "-m", "serving.local", "--state-dir", str(state), "up", str(manifest), "--port", "0"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "serving.local",
+            "--state-dir",
+            str(state),
+            "up",
+            str(manifest),
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 1
     assert result.stderr.startswith("error: ") and INVALID[case][1] in result.stderr

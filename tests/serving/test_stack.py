@@ -22,12 +22,15 @@ import analysis
 from serving import deployment as sdep
 from serving.local import LocalStack, stack_pids
 from tests.traffic import (
-    PREDICTION, ROW, BackgroundLoad, metric_sum_by_predictor, send_many,
+    PREDICTION,
+    ROW,
+    BackgroundLoad,
+    metric_sum_by_predictor,
+    send_many,
 )
 from training.data import FEATURES
 
 pytestmark = pytest.mark.stack
-
 
 
 def gateway_counts(stack, service="predictions") -> Counter:
@@ -35,7 +38,10 @@ def gateway_counts(stack, service="predictions") -> Counter:
     text = requests.get(f"http://{stack.gateway_endpoint}/metrics", timeout=5).text
     counts = Counter()
     for line in text.splitlines():
-        if line.startswith("seldon_api_executor_server_requests_seconds_count{") and f'service="{service}"' in line:
+        if (
+            line.startswith("seldon_api_executor_server_requests_seconds_count{")
+            and f'service="{service}"' in line
+        ):
             labels, value = line.rsplit(" ", 1)
             predictor = labels.split('predictor_name="', 1)[1].split('"', 1)[0]
             counts[predictor] += int(float(value))
@@ -66,7 +72,10 @@ def test_ingress_splits_traffic_by_the_weights(stack, stack_manifest, split_rest
     expected = [5000 * split["model-a"] / 100, 5000 * split["model-b"] / 100]
     assert stats.chisquare(observed, expected).pvalue > 0.001, observed
     # the gateway's metrics counted exactly the arms the responses name
-    assert {p: after[p] - before[p] for p in split} == {"model-a": served["model-a"], "model-b": served["model-b"]}
+    assert {p: after[p] - before[p] for p in split} == {
+        "model-a": served["model-a"],
+        "model-b": served["model-b"],
+    }
 
 
 def test_a_predictor_endpoint_reaches_only_its_arm_and_its_feedback_is_counted(stack):
@@ -109,17 +118,35 @@ def test_feedback_on_the_ingress_lands_on_both_arms_as_on_a_cluster(stack):
 
 
 BAD_PREDICTIONS = {
-    "too few features": ({"data": {"ndarray": [ROW[:10]]}}, "row 0 has 10 values, the model expects 11 features"),
+    "too few features": (
+        {"data": {"ndarray": [ROW[:10]]}},
+        "row 0 has 10 values, the model expects 11 features",
+    ),
     "too many features": ({"data": {"ndarray": [ROW + [1.0]]}}, "row 0 has 12 values"),
     "unknown names": ({"data": {"names": [f"x{i}" for i in range(11)], "ndarray": [ROW]}}, "unknown ['x0'"),
-    "missing name": ({"data": {"names": FEATURES[:10] + ["colour"], "ndarray": [ROW]}}, "missing ['alcohol']"),
-    "a string value": ({"data": {"names": FEATURES, "ndarray": [ROW[:10] + ["strong"]]}}, "row 0, 'alcohol': 'strong' is not a number"),
-    "NaN": ('{"data": {"ndarray": [[7.0, 0.27, 0.36, 20.7, 0.045, 45.0, 170.0, 1.001, 3.0, 0.45, NaN]]}}', "'alcohol': nan is not a finite number"),
-    "Infinity": ('{"data": {"ndarray": [[7.0, 0.27, 0.36, 20.7, 0.045, 45.0, 170.0, 1.001, 3.0, 0.45, 1e999]]}}', "inf is not a finite number"),
+    "missing name": (
+        {"data": {"names": FEATURES[:10] + ["colour"], "ndarray": [ROW]}},
+        "missing ['alcohol']",
+    ),
+    "a string value": (
+        {"data": {"names": FEATURES, "ndarray": [ROW[:10] + ["strong"]]}},
+        "row 0, 'alcohol': 'strong' is not a number",
+    ),
+    "NaN": (
+        '{"data": {"ndarray": [[7.0, 0.27, 0.36, 20.7, 0.045, 45.0, 170.0, 1.001, 3.0, 0.45, NaN]]}}',
+        "'alcohol': nan is not a finite number",
+    ),
+    "Infinity": (
+        '{"data": {"ndarray": [[7.0, 0.27, 0.36, 20.7, 0.045, 45.0, 170.0, 1.001, 3.0, 0.45, 1e999]]}}',
+        "inf is not a finite number",
+    ),
     "null": ({"data": {"ndarray": [ROW[:10] + [None]]}}, "None is not a number"),
     "empty batch": ({"data": {"ndarray": []}}, "empty batch"),
     "ragged rows": ({"data": {"ndarray": [ROW, ROW[:3]]}}, "row 1 has 3 values"),
-    "tensor of the wrong size": ({"data": {"tensor": {"shape": [1, 11], "values": ROW[:5]}}}, "'tensor.values' must hold"),
+    "tensor of the wrong size": (
+        {"data": {"tensor": {"shape": [1, 11], "values": ROW[:5]}}},
+        "'tensor.values' must hold",
+    ),
     "malformed JSON": ('{"data": {"ndarray": [[1, 2', "Can't find JSON"),
     "not an object": ("[1, 2, 3]", "must be a JSON object"),
     "no data": ({"strData": "hello"}, "needs a 'data' object"),
@@ -142,7 +169,9 @@ def test_bad_input_gets_a_4xx_naming_the_problem_and_serving_goes_on(stack, wher
 def test_gateway_limits_bodies_and_routes(stack):
     big = send_many(f"{stack.ingress_url}/predictions", 1, body=b"x" * (2 << 20))[0]
     assert big.status == 413 and "larger than" in big.info
-    wrong = send_many(f"http://{stack.gateway_endpoint}/seldon/default/other-model/api/v1.0/predictions", 1)[0]
+    wrong = send_many(f"http://{stack.gateway_endpoint}/seldon/default/other-model/api/v1.0/predictions", 1)[
+        0
+    ]
     assert wrong.status == 404 and "no SeldonDeployment 'other-model'" in wrong.info
     zero = send_many(stack.predictor_urls["model-a"] + "/api/v1.0/feedback", 1, body={"reward": 0})[0]
     assert zero.status == 400 and "non-zero 'reward'" in zero.info
@@ -152,32 +181,49 @@ def test_seldon_client_and_the_original_curl_work_unchanged(stack):
     from seldon_core.seldon_client import SeldonClient
 
     client = SeldonClient(
-        gateway="istio", gateway_endpoint=stack.gateway_endpoint, namespace="default",
-        deployment_name="wines-classifier", client_return_type="proto",
+        gateway="istio",
+        gateway_endpoint=stack.gateway_endpoint,
+        namespace="default",
+        deployment_name="wines-classifier",
+        client_return_type="proto",
     )
     predicted = client.predict(data=np.array([ROW]), names=FEATURES, payload_type="ndarray")
     assert predicted.success, predicted.msg
     assert set(predicted.response.meta.requestPath) <= {"model-a", "model-b"}
-    sent = client.feedback(prediction_request=predicted.request, prediction_response=predicted.response, reward=0.9)
+    sent = client.feedback(
+        prediction_request=predicted.request, prediction_response=predicted.response, reward=0.9
+    )
     assert sent.success, sent.msg
 
     # the original example's command, with its host and namespace
     curl = (
         "curl -s -X POST -H 'Content-Type: application/json' "
-        "-d '{\"data\": {\"names\": [], \"ndarray\": [[7.0, 0.27, 0.36, 20.7, 0.045, 45.0, 170.0, 1.001, 3.0, 0.45, 8.8]]}}' "
+        '-d \'{"data": {"names": [], "ndarray": [[7.0, 0.27, 0.36, 20.7, 0.045, 45.0, 170.0, 1.001, 3.0, 0.45, 8.8]]}}\' '
         f"http://{stack.gateway_endpoint}/seldon/default/wines-classifier/api/v1.0/predictions"
     )
-    answer = json.loads(subprocess.run(shlex.split(curl), capture_output=True, text=True, timeout=30, check=True).stdout)
-    assert len(answer["data"]["ndarray"]) == 1 and set(answer["meta"]["requestPath"]) <= {"model-a", "model-b"}
+    answer = json.loads(
+        subprocess.run(shlex.split(curl), capture_output=True, text=True, timeout=30, check=True).stdout
+    )
+    assert len(answer["data"]["ndarray"]) == 1 and set(answer["meta"]["requestPath"]) <= {
+        "model-a",
+        "model-b",
+    }
 
 
 def test_a_new_split_applies_under_load_without_a_single_failure(stack, stack_manifest, split_restored):
     with BackgroundLoad(f"{stack.ingress_url}/predictions", concurrency=8, max_seconds=60) as load:
         time.sleep(1)
-        for split in ({"model-a": 100, "model-b": 0}, {"model-a": 0, "model-b": 100}, {"model-a": 50, "model-b": 50}):
+        for split in (
+            {"model-a": 100, "model-b": 0},
+            {"model-a": 0, "model-b": 100},
+            {"model-a": 50, "model-b": 50},
+        ):
             sdep.set_traffic(stack_manifest, split)  # the gateway notices the edit by itself
             deadline = time.monotonic() + 10
-            while requests.get(f"http://{stack.gateway_endpoint}/admin/status", timeout=5).json()["traffic"] != split:
+            while (
+                requests.get(f"http://{stack.gateway_endpoint}/admin/status", timeout=5).json()["traffic"]
+                != split
+            ):
                 assert time.monotonic() < deadline, "the gateway did not pick up the new split"
                 time.sleep(0.1)
             applied = time.time()
@@ -193,7 +239,9 @@ def test_a_new_split_applies_under_load_without_a_single_failure(stack, stack_ma
 def test_a_killed_model_server_answers_503_then_comes_back(stack):
     victim = stack.status()["processes"]["model-b"]
     restarts = victim["restarts"]
-    with BackgroundLoad(f"{stack.ingress_url}/predictions", concurrency=4, max_seconds=90, pause=0.01) as load:
+    with BackgroundLoad(
+        f"{stack.ingress_url}/predictions", concurrency=4, max_seconds=90, pause=0.01
+    ) as load:
         time.sleep(1)
         killed_at = time.time()
         os.killpg(victim["pid"], signal.SIGKILL)  # the whole container, as an OOM kill would
@@ -223,7 +271,9 @@ def test_cli_up_status_down_binds_only_loopback_and_leaves_nothing(trained_arms,
     # a private copy: the session stack watches stack_manifest
     manifest = tmp_path / "m.yaml"
     manifest.write_text(stack_manifest.read_text())
-    up = subprocess.run([*cli, "up", str(manifest), "--port", "0"], capture_output=True, text=True, timeout=300)
+    up = subprocess.run(
+        [*cli, "up", str(manifest), "--port", "0"], capture_output=True, text=True, timeout=300
+    )
     try:
         assert up.returncode == 0, up.stderr
         assert "ingress     http://127.0.0.1:" in up.stdout
@@ -231,17 +281,25 @@ def test_cli_up_status_down_binds_only_loopback_and_leaves_nothing(trained_arms,
         assert "process model-a" in status and "ready" in status
 
         pids = stack_pids(state)
-        assert len(pids) >= 8  # supervisor, 2 x (microservice, 2 gunicorn masters, workers...), gateway, prometheus
+        assert (
+            len(pids) >= 8
+        )  # supervisor, 2 x (microservice, 2 gunicorn masters, workers...), gateway, prometheus
         listening = set()
         for pid in pids:
             try:
-                listening |= {c.laddr for c in psutil.Process(pid).net_connections("inet") if c.status == psutil.CONN_LISTEN}
+                listening |= {
+                    c.laddr
+                    for c in psutil.Process(pid).net_connections("inet")
+                    if c.status == psutil.CONN_LISTEN
+                }
             except psutil.NoSuchProcess:
                 pass
         assert len(listening) >= 7  # ingress, 2 predictor ports, 2 model + 2 metrics ports, prometheus
         assert {address.ip for address in listening} == {"127.0.0.1"}
 
-        again = subprocess.run([*cli, "up", str(tmp_path / "other.yaml")], capture_output=True, text=True, timeout=60)
+        again = subprocess.run(
+            [*cli, "up", str(tmp_path / "other.yaml")], capture_output=True, text=True, timeout=60
+        )
         assert again.returncode == 1 and "cannot read the manifest" in again.stderr
     finally:
         down = subprocess.run([*cli, "down"], capture_output=True, text=True, timeout=60)

@@ -1,8 +1,8 @@
 """The data loader: formats, validation errors, the download path (over real HTTP on loopback)."""
 
 import functools
-import math
 import http.server
+import math
 import subprocess
 import sys
 import threading
@@ -51,7 +51,9 @@ def test_non_numeric_value_names_column_and_row(wine, tmp_path):
     bad = wine.head(20).astype({"pH": object})
     bad.loc[bad.index[7], "pH"] = "acidic"
     path = write_uci(bad, tmp_path / "w.csv")
-    with pytest.raises(DataError, match=r"column 'pH' has 1 missing or non-numeric value\(s\), first at data row 8: 'acidic'"):
+    with pytest.raises(
+        DataError, match=r"column 'pH' has 1 missing or non-numeric value\(s\), first at data row 8: 'acidic'"
+    ):
         data.read_wine_quality(path, expected_rows=20)
 
 
@@ -145,7 +147,9 @@ def test_split_depends_on_the_seed_alone_even_in_a_fresh_process(wine):
         "_, h = data.split_holdout(data.load_wine_quality(), seed=7);"
         "print(','.join(map(str, h.index)))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == ",".join(map(str, holdout.index))
     _, other = data.split_holdout(wine, seed=8)
     assert set(other.index) != set(holdout.index)

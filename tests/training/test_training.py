@@ -23,8 +23,11 @@ def venv_env(**extra) -> dict:
 def mlflow_run(tracking_store, *params):
     """`mlflow run training ...` exactly as the README tells a reader to type it."""
     return subprocess.run(
-        ["mlflow", "run", "training", *params, "--env-manager", "local"], cwd=tracking.REPO,
-        capture_output=True, text=True, env=venv_env(MLFLOW_TRACKING_URI=tracking_store),
+        ["mlflow", "run", "training", *params, "--env-manager", "local"],
+        cwd=tracking.REPO,
+        capture_output=True,
+        text=True,
+        env=venv_env(MLFLOW_TRACKING_URI=tracking_store),
     )
 
 
@@ -35,7 +38,9 @@ def run_metrics(version) -> dict:
 def test_both_arms_are_registered_with_their_aliases(trained_arms):
     assert set(trained_arms) == set(ARMS)
     registered = tracking.aliases()  # other tests may add aliases of their own (@worse)
-    assert {alias: registered.get(alias) for alias in ARMS} == {alias: int(v.version) for alias, v in trained_arms.items()}
+    assert {alias: registered.get(alias) for alias in ARMS} == {
+        alias: int(v.version) for alias, v in trained_arms.items()
+    }
     for alias, version in trained_arms.items():
         params = MlflowClient().get_run(version.run_id).data.params
         assert float(params["alpha"]) == ARMS[alias]["alpha"]
@@ -91,7 +96,10 @@ def test_training_refuses_a_corrupt_data_file(tracking_store, tmp_path):
     corrupt = tmp_path / "w.csv"
     corrupt.write_text('"fixed acidity";"quality"\n1;2\n')
     result = subprocess.run(
-        ["python", "train.py", "--alpha", "0.1"], cwd=tracking.PROJECT_DIR, capture_output=True, text=True,
+        ["python", "train.py", "--alpha", "0.1"],
+        cwd=tracking.PROJECT_DIR,
+        capture_output=True,
+        text=True,
         env=venv_env(WINE_QUALITY_CSV=str(corrupt), MLFLOW_TRACKING_URI=tracking_store),
     )
     assert result.returncode != 0
