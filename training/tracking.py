@@ -94,3 +94,33 @@ def set_alias(alias: str, version: str | int, name: str = MODEL_NAME) -> None:
 def aliases(name: str = MODEL_NAME) -> dict[str, str]:
     """Alias -> version number of the registered model."""
     return dict(MlflowClient(tracking_uri()).get_registered_model(name).aliases)
+
+
+class ModelNotFound(LookupError):
+    """A ``models:/`` URI names no registered version; the message says which and why."""
+
+
+def registered_version(model_uri: str) -> ModelVersion:
+    """The registry's version that ``models:/name@alias`` or ``models:/name/N`` serves now.
+
+    The one place that resolves registry URIs: the stack's manifest checks, promotion and
+    publishing to a bucket all call it, so they agree on what a URI means.
+    """
+    from mlflow.exceptions import MlflowException
+
+    if not model_uri.startswith("models:/"):
+        raise ModelNotFound(
+            f"{model_uri!r} is not a registry URI (models:/<name>@<alias> or models:/<name>/<version>)"
+        )
+    rest = model_uri[len("models:/") :]
+    client = MlflowClient(tracking_uri())
+    try:
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            return client.get_model_version_by_alias(name, alias)
+        name, _, number = rest.partition("/")
+        return client.get_model_version(name, number)
+    except MlflowException as e:
+        raise ModelNotFound(
+            f"{model_uri}: not found in the MLflow registry at {tracking_uri()} ({e.message.splitlines()[0]})"
+        ) from e
