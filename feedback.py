@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from serving.endpoints import Endpoints, StackNotRunning  # noqa: F401  (feedback.Endpoints: old callers)
 from training.data import FEATURES, SEED, TARGET, load_wine_quality, split_holdout
 
 REPO = Path(__file__).resolve().parent
@@ -94,46 +95,6 @@ def reward(truth: float, prediction: float) -> float:
     return max(math.exp(-0.5 * error * error), REWARD_FLOOR)
 
 
-# ------------------------------------------------------------------------------------ endpoints
-@dataclass
-class Endpoints:
-    """Where to predict (the ingress) and where each arm takes its feedback.
-
-    ``predictors`` maps predictor name -> ``host:port`` of that predictor's own endpoint (the
-    ``<sdep>-<predictor>`` Service on a cluster), ``nodes`` maps graph node -> predictor name.
-    """
-
-    gateway: str  # host:port of the ingress
-    namespace: str
-    deployment: str
-    predictors: dict[str, str]
-    nodes: dict[str, str]
-
-    @classmethod
-    def local(cls, state_dir: str | Path | None = None) -> Endpoints:
-        """The endpoints of the running local stack; one clear error when none is running."""
-        from serving import deployment as sdep
-        from serving.local import DEFAULT_STATE_DIR, LocalStack
-
-        stack = LocalStack(state_dir or DEFAULT_STATE_DIR)
-        if not stack.running() or not stack.state.get("ready"):
-            raise StackNotRunning(
-                "no local stack is running: start it with `python -m serving.local up serving/model-a-b.yaml`"
-            )
-        manifest = sdep.load(stack.state["manifest"])
-        return cls(
-            gateway=stack.gateway_endpoint,
-            namespace=stack.namespace,
-            deployment=stack.deployment,
-            predictors={name: url.split("://", 1)[1] for name, url in stack.predictor_urls.items()},
-            nodes={p.node: p.name for p in manifest.predictors},
-        )
-
-
-class StackNotRunning(RuntimeError):
-    pass
-
-
 @dataclass
 class ReplayResult:
     log: pd.DataFrame
@@ -154,8 +115,9 @@ class ReplayResult:
     def summary(self) -> str:
         ok = int((self.log["feedback_status"] == 200).sum())
         arms = ", ".join(f"{arm}: {n}" for arm, n in self.per_arm().items())
+        pace = self.sent / max(self.seconds, 1e-9)
         return (
-            f"replayed {self.sent} hold-out rows in {self.seconds:.1f} s ({self.sent / max(self.seconds, 1e-9):.0f}/s); "
+            f"replayed {self.sent} hold-out rows in {self.seconds:.1f} s ({pace:.0f}/s); "
             f"feedback accepted {ok} ({arms}); failed {len(self.failures)}"
         )
 
@@ -172,13 +134,9 @@ class Replayer:
         self.retries = retries
         self.timeout = timeout
         # SeldonClient(gateway="istio") posts to the ingress path; gateway="seldon" to /api/v1.0/...
-        ingress = f"http://{endpoints.gateway}/seldon/{endpoints.namespace}/{endpoints.deployment}/api/v1.0"
-        self.predict_url = f"{ingress}/predictions"
-        self.ingress_feedback_url = f"{ingress}/feedback"
-        # the predictor's own endpoint speaks the executor's API: /api/v1.0/{predictions,feedback}
-        self.arm_feedback_urls = {
-            name: f"http://{address}/api/v1.0/feedback" for name, address in endpoints.predictors.items()
-        }
+        self.predict_url = endpoints.predictions_url
+        self.ingress_feedback_url = endpoints.ingress_feedback_url
+        self.arm_feedback_urls = {name: endpoints.feedback_url(name) for name in endpoints.predictors}
 
     async def _post(self, connections: Connections, url: str, body: dict) -> tuple[int, dict | None, str]:
         """POST JSON; (status, parsed body or None, error text). Raises only when no answer came."""
