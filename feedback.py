@@ -35,7 +35,6 @@ import json
 import math
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +43,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from serving import aio
 from serving.endpoints import Endpoints, StackNotRunning  # noqa: F401  (feedback.Endpoints: old callers)
 from training.data import FEATURES, SEED, TARGET, load_wine_quality, split_holdout
 
@@ -260,10 +260,8 @@ class Replayer:
         features = rows[FEATURES].to_numpy(dtype="float64")
         truths = rows[TARGET].to_numpy(dtype="float64")
         ids = rows.index.to_numpy()
-        coro = self._replay(features, truths, ids, concurrency, progress, rate)
-        # an event loop of its own, in a thread: a notebook's kernel already runs one here
-        with ThreadPoolExecutor(max_workers=1) as thread:
-            results = thread.submit(_run, coro).result()
+        # aio.run gives it a loop of its own, in a thread when a notebook's kernel already runs one
+        results = aio.run(self._replay(features, truths, ids, concurrency, progress, rate))
         return pd.DataFrame(results, columns=LOG_COLUMNS)
 
 
@@ -300,14 +298,6 @@ class Connections:
 
     async def close(self) -> None:
         await self.session.close()
-
-
-def _run(coro):
-    try:
-        import uvloop  # less client CPU per request, when installed
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
 
 
 def prediction_request(features: np.ndarray) -> dict:

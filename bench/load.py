@@ -22,10 +22,7 @@ from dataclasses import asdict, dataclass
 
 import aiohttp
 
-try:  # the same loop the gateway runs on: less client overhead per request
-    import uvloop
-except ImportError:  # pragma: no cover
-    uvloop = None
+from serving import aio  # the same loop the gateway runs on: less client overhead per request
 
 
 @dataclass
@@ -53,12 +50,6 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     k = max(0, min(len(ordered) - 1, int(round(q / 100 * len(ordered) + 0.5)) - 1))
     return ordered[k]
-
-
-def _run(coro):
-    if uvloop is not None:
-        return uvloop.run(coro)
-    return asyncio.run(coro)
 
 
 def closed_loop(
@@ -123,7 +114,7 @@ def closed_loop(
             statuses={str(k): v for k, v in sorted(statuses.items())},
         )
 
-    return _run(main())
+    return aio.run(main())
 
 
 def sequential(url: str, body, n: int, warmup: int = 50, **kwargs) -> Run:

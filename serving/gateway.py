@@ -38,6 +38,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Histogram, generate_latest
 
+from serving import aio
 from serving import deployment as sdep
 
 logger = logging.getLogger("serving.gateway")
@@ -362,19 +363,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s gateway %(levelname)s %(message)s")
     try:
-        run(serve(GatewayConfig.read(args.config)))
+        aio.run(serve(GatewayConfig.read(args.config)))
     except KeyboardInterrupt:
         pass
-
-
-def run(coro) -> None:
-    """uvloop when installed: its C event loop and transports cut the gateway's CPU per request
-    (measured in bench/); the standard asyncio loop otherwise."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
 
 
 if __name__ == "__main__":
