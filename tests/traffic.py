@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from serving import prometheus
+from serving import aio, prometheus
 from training.data import FEATURES
 
 ROW = [7.0, 0.27, 0.36, 20.7, 0.045, 45.0, 170.0, 1.001, 3.0, 0.45, 8.8]
@@ -72,7 +72,7 @@ def send_many(url: str, n: int, body=PREDICTION, concurrency: int = 16, timeout:
 
             return await asyncio.gather(*(one() for _ in range(n)))
 
-    return asyncio.run(run())
+    return aio.run(run())
 
 
 class BackgroundLoad:
@@ -97,7 +97,7 @@ class BackgroundLoad:
         )
         self.results: list[Result] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self._thread = threading.Thread(target=lambda: aio.run(self._run()), daemon=True)
 
     async def _run(self):
         deadline = time.monotonic() + self.max_seconds

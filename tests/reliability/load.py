@@ -12,6 +12,7 @@ import time
 import pandas as pd
 
 import feedback
+from serving import aio
 from training.data import FEATURES, TARGET
 
 
@@ -39,7 +40,7 @@ class PacedReplay:
         self.rows: list[dict] = []
         self.late = 0  # rows that started more than 100 ms behind schedule (the client fell behind)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self._thread = threading.Thread(target=lambda: aio.run(self._run()), daemon=True)
 
     async def _run(self) -> None:
         semaphore = asyncio.Semaphore(self.in_flight)
