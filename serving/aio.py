@@ -29,6 +29,10 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:  # no loop in this thread: the usual case (scripts, the gateway)
+        running = False
+    else:
+        running = True
+    if not running:  # outside the except block: the coroutine's own errors carry no RuntimeError context
         return _run_here(coro)
     with ThreadPoolExecutor(max_workers=1) as thread:
         return thread.submit(_run_here, coro).result()
