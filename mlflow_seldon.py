@@ -34,14 +34,15 @@
 
 # %% tags=["parameters"]
 TARGET = "local"  # "local": the embedded stack on 127.0.0.1; "cluster": Kubernetes + Seldon Core v1
-MANIFEST = "serving/model-a-b.yaml"  # the SeldonDeployment: the contract for both targets
 REPLAY_LIMIT = None  # None replays every hold-out row
-CONCURRENCY = 8  # replay requests in flight
 REPLAY_RATE = 150  # rows per second, a steady production-like pace (None: as fast as possible)
+CONCURRENCY = 8  # replay requests in flight
 PORT = 8003  # the local ingress port (0: any free port)
+MANIFEST = "serving/model-a-b.yaml"  # the SeldonDeployment: the contract for both targets
 STATE_DIR = ".stack"  # the local stack's pids, logs and Prometheus data
 WORK_DIR = "runs"  # the working copy of the manifest and the feedback logs
 IMAGES = "images"  # where the figures are saved
+
 # cluster only (docs/cluster.md): where the models go, and how the notebook reaches the cluster
 BUCKET = "gs://my-bucket/mlflow-seldon"
 NAMESPACE = "seldon"
@@ -65,6 +66,7 @@ import warnings
 warnings.filterwarnings("ignore", category=UserWarning)  # MLflow's notices about pip/conda
 warnings.filterwarnings("ignore", category=FutureWarning)
 
+import logging
 import time
 from pathlib import Path
 
@@ -81,6 +83,9 @@ from training.data import FEATURES, load_wine_quality, split_holdout
 
 assert TARGET in ("local", "cluster"), f"TARGET must be 'local' or 'cluster', got {TARGET!r}"
 tracking.use_local_store()
+logging.disable(logging.INFO)  # a new tracking store logs its ~35 database migrations, line by line
+tracking.ensure_experiment()
+logging.disable(logging.NOTSET)
 wine = load_wine_quality()
 train_rows, holdout_rows = split_holdout(wine)
 print(
@@ -107,8 +112,8 @@ print(open("training/MLproject").read())
 pd.DataFrame(ARMS).T.rename_axis("alias")
 
 # %% [markdown]
-# Each arm is one `mlflow run` — the command a reader would type
-# (`mlflow run training -P alpha=… -P l1_ratio=… -P alias=… --env-manager local`):
+# Each arm is one `mlflow run` — the command a reader would type (`mlflow run training -P alpha=…
+# -P l1_ratio=… -P alias=… --env-manager local --experiment-name wine-quality`, as in the README):
 
 # %%
 versions = {alias: tracking.run_arm(alias=alias, **params) for alias, params in ARMS.items()}
@@ -189,11 +194,12 @@ else:
 print(open(MANIFEST).read())
 
 # %% [markdown]
-# Locally, `serving.local` reads that YAML, checks it (the CRD's schema when available, plus what
-# the schema misses: traffic adds up to 100, unique names, a known server, resolvable model
-# URIs), and starts per predictor a real `seldon-core` microservice serving the MLflow model,
-# the gateway at the ingress path `/seldon/<namespace>/<name>/api/v1.0/…`, one endpoint per
-# predictor like the `<sdep>-<predictor>` Services the operator creates, and Prometheus.
+# Locally, `serving.local` reads that YAML, checks it (the project's own schema for the
+# SeldonDeployments it accepts, plus what a schema cannot say: traffic adds up to 100, unique
+# names, a known server, resolvable model URIs), and starts per predictor a real `seldon-core`
+# microservice serving the MLflow model, the gateway at the ingress path
+# `/seldon/<namespace>/<name>/api/v1.0/…`, one endpoint per predictor like the
+# `<sdep>-<predictor>` Services the operator creates, and Prometheus.
 #
 # We serve a working copy of the manifest, so that promotion (step 8) edits that copy and the
 # committed file stays at 50/50.
@@ -206,7 +212,8 @@ manifest.write_text(Path(MANIFEST).read_text())
 if TARGET == "local":
     from serving.local import LocalStack
 
-    stack = LocalStack.up(manifest, port=PORT, state_dir=STATE_DIR)
+    stack = LocalStack.up(manifest, port=PORT, state_dir=STATE_DIR, replace=True)  # replaces a leftover stack
+    manifest = stack.manifest_path  # the stack's own copy: promotion edits it, the gateway applies it
     endpoints = feedback.Endpoints.local(STATE_DIR)
     prometheus_url = stack.prometheus_url
 else:  # the same file, rendered with bucket URIs, applied with the Kubernetes client (= kubectl apply -f)
@@ -243,10 +250,13 @@ for name, address in endpoints.predictors.items():
 # With curl — the original example's command, pointed at our ingress:
 
 # %%
-GATEWAY, NS, SDEP = endpoints.gateway, endpoints.namespace, endpoints.deployment
-# !curl -s -X POST -H 'Content-Type: application/json' \
-#     -d '{"data": {"names": [], "ndarray": [[7.0, 0.27, 0.36, 20.7, 0.045, 45.0, 170.0, 1.001, 3.0, 0.45, 8.8]]}}' \
-#     http://{GATEWAY}/seldon/{NS}/{SDEP}/api/v1.0/predictions
+import os
+
+# the shell reads the URL from its environment: IPython leaves a `!` line with JSON braces as it is
+os.environ["PREDICTIONS"] = endpoints.predictions_url
+# !curl -sS -X POST -H 'Content-Type: application/json' \
+#     -d '{"data": {"ndarray": [[7.0, 0.27, 0.36, 20.7, 0.045, 45.0, 170.0, 1.001, 3.0, 0.45, 8.8]]}}' \
+#     $PREDICTIONS
 
 # %% [markdown]
 # And with Seldon's Python client, sending named features. `meta.requestPath` names the arm:
@@ -255,7 +265,11 @@ GATEWAY, NS, SDEP = endpoints.gateway, endpoints.namespace, endpoints.deployment
 from seldon_core.seldon_client import SeldonClient
 
 client = SeldonClient(
-    gateway="istio", gateway_endpoint=GATEWAY, namespace=NS, deployment_name=SDEP, client_return_type="proto"
+    gateway="istio",
+    gateway_endpoint=endpoints.gateway,
+    namespace=endpoints.namespace,
+    deployment_name=endpoints.deployment,
+    client_return_type="proto",
 )
 answer = client.predict(data=holdout_rows[FEATURES].to_numpy()[:1], names=FEATURES, payload_type="ndarray")
 print(answer.response)
@@ -264,8 +278,7 @@ print(answer.response)
 # A request the model cannot answer gets a 400 that says why — never a 500:
 
 # %%
-# !curl -s -X POST -H 'Content-Type: application/json' -d '{"data": {"ndarray": [[7.0, 0.27]]}}' \
-#     http://{GATEWAY}/seldon/{NS}/{SDEP}/api/v1.0/predictions
+# !curl -sS -X POST -H 'Content-Type: application/json' -d '{"data": {"ndarray": [[7.0, 0.27]]}}' $PREDICTIONS
 
 # %% [markdown]
 # ## 5. Replay traffic and send feedback
@@ -364,7 +377,7 @@ display(
 # Promotion acts only on a significant verdict: it moves the registry alias `@champion` to the
 # winning version and sets the winner's traffic to 100 in the manifest, which the gateway
 # applies without dropping a request. Otherwise it changes nothing and says how many more
-# requests the test needs. `python promotion.py rollback` undoes it.
+# requests the test needs. `python -m experiment rollback` undoes it.
 
 # %%
 outcome = promotion.promote(

@@ -1,17 +1,27 @@
-"""Keep the README's measured numbers in step with real runs.
+"""Keep the README's measured numbers in step with real runs (a maintainer's command).
 
-Blocks of README.md between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` are written by
-the scripts that measure them (the notebook runner, the benchmark), never typed by hand.
+    python -m scripts.readme          # `make readme`, after `make run` (and `make bench`)
+
+Blocks of README.md between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` are written from
+what the runs measured, never typed by hand: ``stages`` from runs/notebook-stages.json (written
+by scripts/run_notebook.py), ``bench`` and ``reliability`` from bench/results.json (bench/run.py).
+A reader's `make run` never edits the README; this command does, when a maintainer asks.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 import re
+import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+NOTEBOOK_STAGES = REPO / "runs" / "notebook-stages.json"
+BENCH_RESULTS = REPO / "bench" / "results.json"
 
 
 def machine() -> dict:
@@ -71,3 +81,56 @@ def replace_block(name: str, content: str, readme: Path = README) -> None:
     if not pattern.search(text):
         raise ValueError(f"{readme.name} has no <!-- {name}:start --> ... <!-- {name}:end --> block")
     readme.write_text(pattern.sub(lambda m: m.group(1) + content.rstrip() + "\n" + m.group(2), text))
+
+
+def stages_table(record: dict) -> str:
+    """The notebook's stage times (runs/notebook-stages.json) as the README's table."""
+    stages = dict(record["stages"])
+    total = stages.pop("total")
+    rows = [f"| {name} | {seconds:.1f} s |" for name, seconds in stages.items() if name != "Setup"]
+    return "\n".join(
+        [
+            f"The notebook's stages in the committed run (`make run` after set-up, "
+            f"{record['written'][:10]}; {describe(record['machine'])}):",
+            "",
+            "| stage | wall time |",
+            "|---|---|",
+            *rows,
+            f"| **total** | **{total:.0f} s** |",
+            "",
+            "Set-up on a fresh machine (the virtualenv and Prometheus) comes on top, once.",
+        ]
+    )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.readme", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--stages", type=Path, default=NOTEBOOK_STAGES, help="the notebook runner's stage times"
+    )
+    parser.add_argument("--bench", type=Path, default=BENCH_RESULTS, help="the benchmark's results")
+    parser.add_argument("--readme", type=Path, default=README)
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(REPO))  # bench/ is a folder of the repo, not an installed package
+    from bench import report  # here: bench.report imports this module
+
+    missing = [str(p) for p in (args.stages, args.bench) if not p.is_file()]
+    if missing:
+        print(
+            f"error: {', '.join(missing)} not found: `make run` writes the stages, `make bench` the results",
+            file=sys.stderr,
+        )
+        return 1
+    record = json.loads(args.stages.read_text())
+    if "machine" not in record:
+        print(f"error: {args.stages} is from an older runner: run `make run` again", file=sys.stderr)
+        return 1
+    replace_block("stages", stages_table(record), args.readme)
+    replace_block("bench", report.render(json.loads(args.bench.read_text())), args.readme)
+    replace_block("reliability", report.RELIABILITY, args.readme)
+    print(f"refreshed {args.readme.name} from {args.stages.name} and {args.bench.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,13 +1,24 @@
 """Execute mlflow_seldon.ipynb top to bottom in a fresh kernel, headless, and save its outputs.
 
     python scripts/run_notebook.py                    # `make run`: runs in place, saves outputs
-    python scripts/run_notebook.py --output /tmp/x.ipynb -p TARGET local
+    python scripts/run_notebook.py --output /tmp/x.ipynb -p PORT 0 -p STATE_DIR /tmp/stack
 
 The notebook is built from its paired script (mlflow_seldon.py, jupytext percent format) when
-the script is newer, so a reviewer's edit to the script is what runs. After the run: execution
-counts are checked to be in order, any error output fails the run, the repo's absolute path is
-replaced by "." in outputs (the committed notebook carries no paths of the machine it ran on),
-and the wall time of each stage (each "## " section) is written to runs/notebook-stages.json.
+the script is newer, so a reviewer's edit to the script is what runs.
+
+What a run must show, or it fails (a tutorial cell that shows nothing is a bug):
+- every code cell shows output (text, a table, a figure), except the cell tagged `parameters`
+  and cells tagged `no-output`;
+- a cell with a shell command (a `!` line) shows text, tag or not, and a shell command that
+  exits non-zero fails its cell (the kernel runs with IPython's `system_raise_on_error`);
+- no cell raises, and the cells ran in order.
+On a failure the runner says which cell, and how to stop a local stack the run left running.
+
+After the run the repo's absolute path is replaced by "." in outputs (the committed notebook
+carries no paths of the machine it ran on). The wall time of each stage (each "## " section) is
+printed, and written to runs/notebook-stages.json for the committed run (the default output, no
+parameters) or to --stages. The runner never edits README.md: `python -m scripts.readme`
+(`make readme`) copies the committed run's times there.
 """
 
 from __future__ import annotations
@@ -17,20 +28,28 @@ import ast
 import json
 import sys
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import jupytext
 import nbformat
 from nbclient import NotebookClient
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
-from scripts import readme  # noqa: E402
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script: make the project's packages importable
+from scripts import readme  # noqa: E402
+
 NOTEBOOK = REPO / "mlflow_seldon.ipynb"
 SCRIPT = REPO / "mlflow_seldon.py"
 STAGES = REPO / "runs" / "notebook-stages.json"
+NO_OUTPUT = "no-output"  # the tag of a cell allowed to show nothing
+KERNEL_ARGUMENTS = [
+    # a failing `!` command raises CalledProcessError in its cell instead of passing silently
+    "--InteractiveShell.system_raise_on_error=True",
+    # the kernel's own log is not the reader's business (ipykernel warns that it uses TCP on 127.0.0.1)
+    "--IPKernelApp.log_level=ERROR",
+]
 
 
 class NotebookFailed(RuntimeError):
@@ -52,7 +71,7 @@ def inject_parameters(notebook: nbformat.NotebookNode, parameters: dict) -> None
     if not parameters:
         return
     for cell in notebook.cells:
-        if "parameters" in cell.get("metadata", {}).get("tags", []):
+        if "parameters" in tags(cell):
             cell.source += "\n# injected by scripts/run_notebook.py\n" + "\n".join(
                 f"{name} = {value!r}" for name, value in parameters.items()
             )
@@ -60,23 +79,34 @@ def inject_parameters(notebook: nbformat.NotebookNode, parameters: dict) -> None
     raise NotebookFailed("the notebook has no cell tagged 'parameters'")
 
 
+def tags(cell) -> list[str]:
+    return cell.get("metadata", {}).get("tags", [])
+
+
+def sections(notebook: nbformat.NotebookNode) -> list[str]:
+    """For each cell, the '## ' section it belongs to ("Setup" before the first)."""
+    current, names = "Setup", []
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            current = next(
+                (line[3:].strip() for line in reversed(cell.source.splitlines()) if line.startswith("## ")),
+                current,
+            )
+        names.append(current)
+    return names
+
+
 def stage_times(notebook: nbformat.NotebookNode) -> dict[str, float]:
     """Wall time per '## ' section, from nbclient's per-cell timing metadata."""
     stages: dict[str, float] = {}
-    current = "Setup"
-    for cell in notebook.cells:
-        if cell.cell_type == "markdown":
-            for line in cell.source.splitlines():
-                if line.startswith("## "):
-                    current = line[3:].strip()
-        elif cell.cell_type == "code":
-            timing = cell.get("metadata", {}).get("execution", {})
-            start, end = timing.get("iopub.execute_input"), timing.get("shell.execute_reply")
-            if start and end:
-                seconds = (
-                    datetime.fromisoformat(end.rstrip("Z")) - datetime.fromisoformat(start.rstrip("Z"))
-                ).total_seconds()
-                stages[current] = stages.get(current, 0.0) + seconds
+    for cell, section in zip(notebook.cells, sections(notebook), strict=True):
+        timing = cell.get("metadata", {}).get("execution", {})
+        start, end = timing.get("iopub.execute_input"), timing.get("shell.execute_reply")
+        if cell.cell_type == "code" and start and end:
+            seconds = (
+                datetime.fromisoformat(end.rstrip("Z")) - datetime.fromisoformat(start.rstrip("Z"))
+            ).total_seconds()
+            stages[section] = stages.get(section, 0.0) + seconds
     return {name: round(seconds, 1) for name, seconds in stages.items()}
 
 
@@ -88,30 +118,63 @@ def scrub(notebook: nbformat.NotebookNode) -> None:
             continue
         cell.metadata.pop("execution", None)
         for output in cell.get("outputs", []):
-            for key in ("text",):
-                if key in output:
-                    output[key] = output[key].replace(str(REPO), ".").replace(home, "~")
+            if "text" in output:
+                output["text"] = output["text"].replace(str(REPO), ".").replace(home, "~")
             for mime, value in output.get("data", {}).items():
                 if mime.startswith("text/") and isinstance(value, str):
                     output["data"][mime] = value.replace(str(REPO), ".").replace(home, "~")
 
 
+def shows_text(cell) -> bool:
+    return any(o.output_type == "stream" and o.text.strip() for o in cell.get("outputs", []))
+
+
+def shows_anything(cell) -> bool:
+    return shows_text(cell) or any(o.get("data") for o in cell.get("outputs", []))
+
+
+def has_shell_command(cell) -> bool:
+    return any(line.lstrip().startswith("!") for line in cell.source.splitlines())
+
+
+def problems(notebook: nbformat.NotebookNode) -> list[str]:
+    """What the run got wrong, one line per cell (the rules in this module's docstring)."""
+    found = []
+    for i, (cell, section) in enumerate(zip(notebook.cells, sections(notebook), strict=True)):
+        if cell.cell_type != "code":
+            continue
+        where = (
+            f"cell {i} ({section}: {cell.source.strip().splitlines()[0][:60] if cell.source.strip() else ''})"
+        )
+        errors = [o for o in cell.get("outputs", []) if o.output_type == "error"]
+        if errors:
+            found += [f"{where}: {o.get('ename')}: {o.get('evalue')}" for o in errors]
+        elif cell.execution_count is None:
+            continue  # not reached: the cell that stopped the run is reported
+        elif has_shell_command(cell) and not shows_text(cell):
+            found.append(f"{where}: its shell command printed nothing")
+        elif not shows_anything(cell) and not {"parameters", NO_OUTPUT} & set(tags(cell)):
+            found.append(f"{where}: shows no output (tag it '{NO_OUTPUT}' if that is right)")
+    return found
+
+
 def check(notebook: nbformat.NotebookNode) -> None:
-    errors = [
-        f"cell {i}: {o.get('ename')}: {o.get('evalue')}"
-        for i, cell in enumerate(notebook.cells)
-        for o in cell.get("outputs", [])
-        if o.get("output_type") == "error"
-    ]
-    if errors:
-        raise NotebookFailed("the notebook has error outputs:\n" + "\n".join(errors))
+    found = problems(notebook)
+    if found:
+        raise NotebookFailed("\n".join(found))
     counts = [c.execution_count for c in notebook.cells if c.cell_type == "code"]
     if counts != list(range(1, len(counts) + 1)):
         raise NotebookFailed(f"execution counts are not in order: {counts}")
 
 
-def run(output: Path = NOTEBOOK, parameters: dict | None = None, timeout: int = 600) -> dict[str, float]:
-    notebook = load_notebook()
+def run(
+    output: Path = NOTEBOOK,
+    parameters: dict | None = None,
+    timeout: int = 600,
+    notebook: nbformat.NotebookNode | None = None,
+) -> dict[str, float]:
+    """Execute ``notebook`` (default: mlflow_seldon's), save it to ``output``; return stage times."""
+    notebook = notebook or load_notebook()
     inject_parameters(notebook, parameters or {})
     client = NotebookClient(
         notebook,
@@ -119,10 +182,15 @@ def run(output: Path = NOTEBOOK, parameters: dict | None = None, timeout: int = 
         kernel_name="python3",
         resources={"metadata": {"path": str(REPO)}},
         record_timing=True,
+        extra_arguments=KERNEL_ARGUMENTS,
     )
     start = time.perf_counter()
     try:
         client.execute()
+    except (CellTimeoutError, DeadKernelError) as e:
+        raise NotebookFailed(str(e).strip().splitlines()[0]) from None
+    except CellExecutionError:
+        pass  # the error is in the cell's outputs: check() reports it with the cell's place
     finally:
         stages = stage_times(notebook)
         scrub(notebook)
@@ -132,22 +200,11 @@ def run(output: Path = NOTEBOOK, parameters: dict | None = None, timeout: int = 
     return stages
 
 
-def stages_table(stages: dict[str, float]) -> str:
-    rows = [
-        f"| {name} | {seconds:.1f} s |" for name, seconds in stages.items() if name not in ("Setup", "total")
-    ]
-    return "\n".join(
-        [
-            f"The notebook's stages in the committed run (`make run` after set-up; {readme.describe()}):",
-            "",
-            "| stage | wall time |",
-            "|---|---|",
-            *rows,
-            f"| **total** | **{stages['total']:.0f} s** |",
-            "",
-            "Set-up on a fresh machine (virtualenv and Prometheus) adds a few minutes, once.",
-        ]
-    )
+def stop_hint(parameters: dict) -> str:
+    """How to stop a local stack the failed run may have left running."""
+    if "STATE_DIR" in parameters:
+        return f"python -m serving.local --state-dir {parameters['STATE_DIR']} down"
+    return "make down"
 
 
 def main(argv=None) -> int:
@@ -163,6 +220,11 @@ def main(argv=None) -> int:
         help="override a parameter (Python literal or string), e.g. -p REPLAY_LIMIT 300",
     )
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    parser.add_argument(
+        "--stages",
+        type=Path,
+        help="where to write the stage times (default: runs/notebook-stages.json for the committed run only)",
+    )
     args = parser.parse_args(argv)
     parameters = {}
     for name, value in args.parameter:
@@ -174,15 +236,26 @@ def main(argv=None) -> int:
     try:
         stages = run(args.output, parameters, args.timeout)
     except NotebookFailed as e:
-        print(f"error: {e}\nsaved with outputs to {args.output}", file=sys.stderr)
+        print(
+            f"error: the notebook failed:\n{e}\nsaved with its outputs to {args.output}\n"
+            f"a local stack it started may still be running: stop it with `{stop_hint(parameters)}`",
+            file=sys.stderr,
+        )
         return 1
     width = max(map(len, stages))
     for name, seconds in stages.items():
         print(f"  {name:<{width}}  {seconds:6.1f} s")
-    if args.output == NOTEBOOK and not parameters:  # the committed run: its times go in the README
-        STAGES.parent.mkdir(exist_ok=True)
-        STAGES.write_text(json.dumps(stages, indent=2))  # and to `make bench`
-        readme.replace_block("stages", stages_table(stages))
+    committed_run = args.output.resolve() == NOTEBOOK and not parameters
+    stages_path = args.stages or (STAGES if committed_run else None)
+    if stages_path:  # read by `make readme` (scripts/readme.py) and `make bench`
+        stages_path.parent.mkdir(parents=True, exist_ok=True)
+        record = {
+            "written": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": readme.machine(),
+            "stages": stages,
+        }
+        stages_path.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"stage times: {stages_path}")
     print(f"saved {args.output.relative_to(REPO) if args.output.is_relative_to(REPO) else args.output}")
     return 0
 

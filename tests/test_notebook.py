@@ -60,6 +60,123 @@ def test_parameters_cell_is_tagged_and_defaults_to_local(committed):
     assert len(tagged) == 1 and 'TARGET = "local"' in tagged[0].source
 
 
+def test_committed_notebook_shows_every_cell(committed):
+    """The runner's rules hold for the committed run: every cell shows its result (the curl cells
+    too: a prediction and the 400's message)."""
+    assert run_notebook.problems(committed) == []
+    shell = [c for c in committed.cells if c.cell_type == "code" and run_notebook.has_shell_command(c)]
+    texts = ["".join(o.get("text", "") for o in c.outputs) for c in shell]
+    assert len(texts) == 2
+    assert json.loads(texts[0])["meta"]["requestPath"]  # the prediction, naming the arm that answered
+    assert '"code": 400' in texts[1].replace("'", '"') or "400" in texts[1]
+
+
+def test_committed_notebook_is_quiet(committed):
+    """No log chatter in what a reader sees (database migrations, kernel warnings)."""
+    text = json.dumps([c.get("outputs", []) for c in committed.cells])
+    for noise in ("alembic", "INFO ", "WARNING |"):
+        assert noise not in text
+
+
+def tiny_notebook(*sources, tags=None):
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    cells = [new_markdown_cell("## A stage")]
+    cells += [new_code_cell(s, metadata={"tags": (tags or {}).get(i, [])}) for i, s in enumerate(sources)]
+    notebook = new_notebook(cells=cells)
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return notebook
+
+
+def executed(source, *outputs, tags=None):
+    from nbformat.v4 import new_code_cell
+
+    return new_code_cell(source, execution_count=1, outputs=list(outputs), metadata={"tags": tags or []})
+
+
+def test_what_a_cell_must_show():
+    from nbformat.v4 import new_output
+
+    text = new_output("stream", name="stdout", text="ok\n")
+    blank = new_output("stream", name="stdout", text="\n")
+    table = new_output("execute_result", data={"text/plain": "1"}, execution_count=1)
+    notebook = tiny_notebook()
+    notebook.cells += [
+        executed("!curl -sS $URL", text),  # fine
+        executed("!curl -s $URL", blank),  # a shell command that printed nothing
+        executed("!true", tags=["no-output"]),  # the tag does not excuse a shell cell
+        executed("x = 1"),  # shows nothing
+        executed("x = 1", tags=["no-output"]),  # fine: allowed to show nothing
+        executed("TARGET = 'local'", tags=["parameters"]),  # fine
+        executed("x", table),  # fine
+        executed("1 / 0", new_output("error", ename="ZeroDivisionError", evalue="division by zero")),
+    ]
+    found = run_notebook.problems(notebook)
+    assert [f.split(":")[0] for f in found] == [
+        "cell 2 (A stage",
+        "cell 3 (A stage",
+        "cell 4 (A stage",
+        "cell 8 (A stage",
+    ]
+    assert "printed nothing" in found[0] and "printed nothing" in found[1]
+    assert "shows no output" in found[2] and "ZeroDivisionError" in found[3]
+
+
+def test_runner_fails_on_a_failing_shell_command(tmp_path):
+    with pytest.raises(run_notebook.NotebookFailed, match="A stage.*CalledProcessError"):
+        run_notebook.run(tmp_path / "out.ipynb", notebook=tiny_notebook("print('before')", "!false"))
+    saved = nbformat.read(tmp_path / "out.ipynb", as_version=4)  # saved with its outputs, to look at
+    assert saved.cells[1].outputs[0].text == "before\n"
+
+
+def test_runner_writes_stage_times_never_the_readme(tmp_path, monkeypatch):
+    from scripts import readme
+
+    before = readme.README.read_bytes()
+    notebook = tiny_notebook(
+        "x = 1", "x", "!echo '{\"a\": 1}'", "pass", tags={0: ["parameters"], 3: ["no-output"]}
+    )
+    monkeypatch.setattr(run_notebook, "load_notebook", lambda: notebook)
+    stages = tmp_path / "stages.json"
+    assert (
+        run_notebook.main(["--output", str(tmp_path / "out.ipynb"), "--stages", str(stages), "-p", "x", "2"])
+        == 0
+    )
+    record = json.loads(stages.read_text())
+    assert set(record["stages"]) == {"A stage", "total"} and record["machine"]["cores"] > 0
+    assert readme.README.read_bytes() == before
+
+
+def test_failed_run_says_how_to_stop_the_stack(tmp_path, monkeypatch, capsys):
+    notebook = tiny_notebook("STATE_DIR = '.stack'", "1 / 0", tags={0: ["parameters"]})
+    monkeypatch.setattr(run_notebook, "load_notebook", lambda: notebook)
+    code = run_notebook.main(["--output", str(tmp_path / "out.ipynb"), "-p", "STATE_DIR", "/some/state"])
+    assert code == 1
+    assert "python -m serving.local --state-dir /some/state down" in capsys.readouterr().err
+
+
+def test_readme_command_refreshes_only_its_blocks(tmp_path):
+    from scripts import readme
+
+    copy = tmp_path / "README.md"
+    copy.write_text(readme.README.read_text())
+    stages = tmp_path / "stages.json"
+    stages.write_text(
+        json.dumps(
+            {
+                "written": "2030-01-02T03:04:05+00:00",
+                "machine": readme.machine(),
+                "stages": {"Setup": 0.1, "1. Train": 12.5, "total": 20.0},
+            }
+        )
+    )
+    assert readme.main(["--stages", str(stages), "--readme", str(copy)]) == 0
+    text = copy.read_text()
+    assert "| 1. Train | 12.5 s |" in text and "**20 s**" in text and "2030-01-02" in text
+    outside = re.compile(r"<!-- (\w+):start -->.*?<!-- \1:end -->", re.S)
+    assert outside.sub("", text) == outside.sub("", readme.README.read_text())
+
+
 def test_committed_figures_exist():
     for name in ("mlflow-ui.png", "requests.png", "latency.png", "reward.png"):
         assert (REPO / "images" / name).stat().st_size > 10_000, name
