@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from serving import deployment as sdep
+from serving.manifest import set_traffic
 from tests.conftest import MANIFEST
 
 GOOD = yaml.safe_load(MANIFEST.read_text())
@@ -23,9 +24,11 @@ def predictors(m):
     return m["spec"]["predictors"]
 
 
-def test_the_committed_manifest_is_valid_against_the_crd(crd):
-    assert sdep.validate_schema(GOOD, crd) == []
-    deployment = sdep.parse(GOOD, crd=crd)
+def test_the_committed_manifest_is_valid():
+    assert (
+        sdep.validate_schema(GOOD) == []
+    )  # the project's schema (tests/serving/test_schema.py: and the CRD)
+    deployment = sdep.parse(GOOD)
     assert deployment.name == "wines-classifier" and deployment.namespace == "default"
     assert deployment.traffic == {"model-a": 50, "model-b": 50}
     assert [p.node for p in deployment.predictors] == ["model-a", "model-b"]
@@ -90,15 +93,16 @@ def test_invalid_manifest_is_refused_with_a_clear_error(case):
     assert str(error.value).startswith("m.yaml: ")
 
 
-def test_schema_errors_name_the_field(crd):
+def test_schema_errors_name_the_field():
     bad = edited(lambda m: predictors(m)[0].update(replicas="two"))
-    errors = sdep.validate_schema(bad, crd)
+    errors = sdep.validate_schema(bad)
     assert any(e.startswith("spec.predictors.0.replicas:") for e in errors)
     with pytest.raises(
         sdep.DeploymentError,
-        match="does not match the SeldonDeployment CRD schema: spec.predictors.0.replicas",
+        match=r"does not match the SeldonDeployment schema \(seldondeployment-v1.json\): "
+        r"spec.predictors.0.replicas",
     ):
-        sdep.parse(bad, crd=crd)
+        sdep.parse(bad)
 
 
 def test_a_lone_predictor_takes_all_traffic():
@@ -135,16 +139,18 @@ def test_model_uris_are_resolved_before_starting(trained_arms, tmp_path):
 def test_set_traffic_keeps_comments_and_refuses_a_bad_split(tmp_path):
     path = tmp_path / "m.yaml"
     path.write_text(MANIFEST.read_text())
-    assert sdep.set_traffic(path, {"model-a": 100, "model-b": 0}) == {"model-a": 50, "model-b": 50}
+    assert set_traffic(path, {"model-a": 100, "model-b": 0}) == {"model-a": 50, "model-b": 50}
     text = path.read_text()
     assert sdep.load(path).traffic == {"model-a": 100, "model-b": 0}
     assert "# distinct node names" in text  # comments survive
-    changed = [(a, b) for a, b in zip(MANIFEST.read_text().splitlines(), text.splitlines()) if a != b]
+    changed = [
+        (a, b) for a, b in zip(MANIFEST.read_text().splitlines(), text.splitlines(), strict=True) if a != b
+    ]
     assert changed == [("      traffic: 50", "      traffic: 100"), ("      traffic: 50", "      traffic: 0")]
     with pytest.raises(sdep.DeploymentError, match="got 90"):
-        sdep.set_traffic(path, {"model-a": 90, "model-b": 0})
+        set_traffic(path, {"model-a": 90, "model-b": 0})
     with pytest.raises(sdep.DeploymentError, match="no predictors named"):
-        sdep.set_traffic(path, {"model-c": 100})
+        set_traffic(path, {"model-c": 100})
     assert sdep.load(path).traffic == {"model-a": 100, "model-b": 0}  # untouched by the refusals
 
 
