@@ -18,7 +18,7 @@ import pytest
 import requests
 from scipy import stats
 
-import analysis
+from experiment.prometheus_data import wait_for_scrape
 from serving import deployment as sdep
 from serving.local import LocalStack, stack_pids
 from tests.traffic import (
@@ -48,20 +48,23 @@ def gateway_counts(stack, service="predictions") -> Counter:
     return counts
 
 
-def apply_split(stack, manifest, split: dict) -> None:
-    sdep.set_traffic(manifest, split)
+def apply_split(stack, split: dict) -> None:
+    """Edit the stack's working copy of the manifest (never the file `up` was given), apply it."""
+    sdep.set_traffic(stack.manifest_path, split)
     assert stack.reload()["traffic"] == split
 
 
 @pytest.fixture
-def split_restored(stack, stack_manifest):
+def split_restored(stack):
     yield
-    apply_split(stack, stack_manifest, {"model-a": 50, "model-b": 50})
+    apply_split(stack, {"model-a": 50, "model-b": 50})
 
 
 @pytest.mark.parametrize("split", [{"model-a": 50, "model-b": 50}, {"model-a": 80, "model-b": 20}])
 def test_ingress_splits_traffic_by_the_weights(stack, stack_manifest, split_restored, split):
-    apply_split(stack, stack_manifest, split)
+    given = stack_manifest.read_bytes()
+    apply_split(stack, split)
+    assert stack_manifest.read_bytes() == given  # the split changed the working copy only
     before = gateway_counts(stack)
     results = send_many(f"{stack.ingress_url}/predictions", 5000, concurrency=16)
     after = gateway_counts(stack)
@@ -84,13 +87,13 @@ def test_a_predictor_endpoint_reaches_only_its_arm_and_its_feedback_is_counted(s
     assert {r.status for r in results} == {200} and {r.arm for r in results} == {"model-b"}
 
     prom = stack.prometheus_url
-    analysis.wait_for_scrape(prom, time.time())
+    wait_for_scrape(prom, time.time())
     feedback_before = metric_sum_by_predictor(prom, "seldon_api_model_feedback_total")
     reward_before = metric_sum_by_predictor(prom, "seldon_api_model_feedback_reward_total")
     feedback = {"request": PREDICTION, "response": results[0].body, "reward": 0.25}
     sent = send_many(f"{url}/feedback", 37, body=feedback, concurrency=4)
     assert {r.status for r in sent} == {200} and {r.arm for r in sent} == {"model-b"}
-    analysis.wait_for_scrape(prom, time.time())
+    wait_for_scrape(prom, time.time())
 
     feedback_after = metric_sum_by_predictor(prom, "seldon_api_model_feedback_total")
     reward_after = metric_sum_by_predictor(prom, "seldon_api_model_feedback_reward_total")
@@ -103,13 +106,13 @@ def test_feedback_on_the_ingress_lands_on_both_arms_as_on_a_cluster(stack):
     prom = stack.prometheus_url
     answer = send_many(stack.predictor_urls["model-a"] + "/api/v1.0/predictions", 1)[0]
     assert answer.arm == "model-a"
-    analysis.wait_for_scrape(prom, time.time())
+    wait_for_scrape(prom, time.time())
     before = metric_sum_by_predictor(prom, "seldon_api_model_feedback_total")
     # 200 rewards for a prediction that model-a made, all posted to the ingress
     feedback = {"request": PREDICTION, "response": answer.body, "reward": 0.5}
     sent = send_many(f"{stack.ingress_url}/feedback", 200, body=feedback, concurrency=8)
     assert {r.status for r in sent} == {200}
-    analysis.wait_for_scrape(prom, time.time())
+    wait_for_scrape(prom, time.time())
     after = metric_sum_by_predictor(prom, "seldon_api_model_feedback_total")
     landed = {p: after.get(p, 0) - before.get(p, 0) for p in ("model-a", "model-b")}
     assert sum(landed.values()) == 200
@@ -198,7 +201,8 @@ def test_seldon_client_and_the_original_curl_work_unchanged(stack):
     # the original example's command, with its host and namespace
     curl = (
         "curl -s -X POST -H 'Content-Type: application/json' "
-        '-d \'{"data": {"names": [], "ndarray": [[7.0, 0.27, 0.36, 20.7, 0.045, 45.0, 170.0, 1.001, 3.0, 0.45, 8.8]]}}\' '
+        '-d \'{"data": {"names": [], "ndarray": '
+        "[[7.0, 0.27, 0.36, 20.7, 0.045, 45.0, 170.0, 1.001, 3.0, 0.45, 8.8]]}}' "
         f"http://{stack.gateway_endpoint}/seldon/default/wines-classifier/api/v1.0/predictions"
     )
     answer = json.loads(
@@ -210,7 +214,7 @@ def test_seldon_client_and_the_original_curl_work_unchanged(stack):
     }
 
 
-def test_a_new_split_applies_under_load_without_a_single_failure(stack, stack_manifest, split_restored):
+def test_a_new_split_applies_under_load_without_a_single_failure(stack, split_restored):
     with BackgroundLoad(f"{stack.ingress_url}/predictions", concurrency=8, max_seconds=60) as load:
         time.sleep(1)
         for split in (
@@ -218,7 +222,7 @@ def test_a_new_split_applies_under_load_without_a_single_failure(stack, stack_ma
             {"model-a": 0, "model-b": 100},
             {"model-a": 50, "model-b": 50},
         ):
-            sdep.set_traffic(stack_manifest, split)  # the gateway notices the edit by itself
+            sdep.set_traffic(stack.manifest_path, split)  # the gateway notices the edit by itself
             deadline = time.monotonic() + 10
             while (
                 requests.get(f"http://{stack.gateway_endpoint}/admin/status", timeout=5).json()["traffic"]
@@ -268,8 +272,7 @@ def test_a_killed_model_server_answers_503_then_comes_back(stack):
 def test_cli_up_status_down_binds_only_loopback_and_leaves_nothing(trained_arms, stack_manifest, tmp_path):
     state = tmp_path / "state"
     cli = [sys.executable, "-m", "serving.local", "--state-dir", str(state)]
-    # a private copy: the session stack watches stack_manifest
-    manifest = tmp_path / "m.yaml"
+    manifest = tmp_path / "m.yaml"  # a file of this test's own: up must leave it as it is
     manifest.write_text(stack_manifest.read_text())
     up = subprocess.run(
         [*cli, "up", str(manifest), "--port", "0"], capture_output=True, text=True, timeout=300
@@ -277,6 +280,7 @@ def test_cli_up_status_down_binds_only_loopback_and_leaves_nothing(trained_arms,
     try:
         assert up.returncode == 0, up.stderr
         assert "ingress     http://127.0.0.1:" in up.stdout
+        assert (state / "manifest.yaml").read_text() == manifest.read_text() == stack_manifest.read_text()
         status = subprocess.run([*cli, "status"], capture_output=True, text=True, timeout=60).stdout
         assert "process model-a" in status and "ready" in status
 
