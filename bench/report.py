@@ -74,9 +74,10 @@ def render(results: dict) -> str:
     lines = [
         f"Measured by `make bench` (`bench/run.py`, method in [bench/README.md](bench/README.md)) on "
         f"{readme.describe(m)}; "
-        f"{results['started'][:16].replace('T', ' ')} UTC, 1-minute load average {results['load_average_before'][0]:g} "
-        f"before and {results['load_average_after'][0]:g} after. Each figure is the median of "
-        f"{results['parameters']['rounds']} interleaved rounds; source: `bench/results.json`.",
+        f"{results['started'][:16].replace('T', ' ')} UTC, 1-minute load average "
+        f"{results['load_average_before'][0]:g} before and {results['load_average_after'][0]:g} after. "
+        f"Each figure is the median of {results['parameters']['rounds']} interleaved rounds; "
+        "source: `bench/results.json`.",
         "",
         "| target | goal | measured | |",
         "|---|---|---|---|",
@@ -121,7 +122,8 @@ def render(results: dict) -> str:
         "**Model servers, same model** (each one process, its defaults; ours as in "
         "`serving/model-a-b.yaml`: 1 gunicorn worker x 4 threads):",
         "",
-        "| server | p50 ms | p99 ms | req/s, 1 at a time | req/s, 8 at a time | server CPU µs/req (1) | p50 vs ours |",
+        "| server | p50 ms | p99 ms | req/s, 1 at a time | req/s, 8 at a time "
+        "| server CPU µs/req (1) | p50 vs ours |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, runs in b["runs"].items():

@@ -127,8 +127,9 @@ def interleaved(contenders: dict, rounds: int, shapes: list[tuple[str, int, int]
                 run = measure(url, body, n, concurrency, pids)
                 raw[name][label].append(run)
                 log(
-                    f"  round {r + 1} {label:<5} {name:<22} p50 {run['p50_ms']:.3f} ms  p99 {run['p99_ms']:.3f} ms  "
-                    f"{run['rps']:.0f}/s  client {run['client_cpu_us']:.0f} µs/req"
+                    f"  round {r + 1} {label:<5} {name:<22} p50 {run['p50_ms']:.3f} ms  "
+                    f"p99 {run['p99_ms']:.3f} ms  {run['rps']:.0f}/s  "
+                    f"client {run['client_cpu_us']:.0f} µs/req"
                     + (f"  server {run['server_cpu_us']:.0f} µs/req" if "server_cpu_us" in run else "")
                 )
     return {
@@ -273,7 +274,8 @@ def model_servers(
             v2 = {
                 "parameters": {"content_type": "pd"},
                 "inputs": [
-                    {"name": f, "datatype": "FP64", "shape": [1], "data": [v]} for f, v in zip(FEATURES, ROW)
+                    {"name": f, "datatype": "FP64", "shape": [1], "data": [v]}
+                    for f, v in zip(FEATURES, ROW, strict=True)
                 ],
             }
             contenders["MLServer (mlflow runtime)"] = (
@@ -313,8 +315,8 @@ def subprocess_version(python: Path, package: str) -> str:
 # ------------------------------------------------------------------------------------ (c)
 def feedback_total(prometheus_url: str) -> float:
     """Every model server's seldon_api_model_feedback_total, after a scrape that started now."""
+    from experiment.prometheus_data import wait_for_scrape
     from serving import prometheus
-    from tests.traffic import wait_for_scrape
 
     wait_for_scrape(prometheus_url, time.time())
     result = prometheus.query(prometheus_url, "sum(seldon_api_model_feedback_total)")
@@ -365,10 +367,11 @@ def original_loop(stack, rows) -> dict:
 
 def replay(stack, workdir: Path, limit: int | None) -> dict:
     import feedback
+    from serving.endpoints import Endpoints
 
     rows = feedback.holdout_rows(limit=limit)
     prom = stack.prometheus_url
-    endpoints = feedback.Endpoints.local(stack.state_dir)
+    endpoints = Endpoints.local(stack.state_dir)
     log(f"(c) replaying {len(rows)} hold-out rows: the original sequential SeldonClient loop")
     before = feedback_total(prom)
     original = original_loop(stack, rows)
@@ -409,20 +412,18 @@ def replay(stack, workdir: Path, limit: int | None) -> dict:
 
 
 # ------------------------------------------------------------------------------------ (d)
-def notebook_stages() -> dict:
-    if not NOTEBOOK_STAGES.exists():
+def notebook_stages(path: Path = NOTEBOOK_STAGES) -> dict:
+    if not path.exists():
         return {
-            "status": "pending: runs/notebook-stages.json not found - `make run` "
+            "status": f"pending: {path} not found - `make run` "
             "(scripts/run_notebook.py) writes it; run `make bench` after it"
         }
-    stages = json.loads(NOTEBOOK_STAGES.read_text())
+    stages = json.loads(path.read_text())
     if isinstance(stages, dict) and "stages" in stages:
         stages = stages["stages"]
     total = stages.pop("total", None)  # scripts/run_notebook.py writes the sum as "total"
     total = round(float(total) if total is not None else sum(float(v) for v in stages.values()), 1)
-    written = datetime.fromtimestamp(NOTEBOOK_STAGES.stat().st_mtime, UTC).isoformat(
-        timespec="seconds"
-    )
+    written = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="seconds")
     return {
         "status": "measured by scripts/run_notebook.py",
         "written": written,
@@ -460,12 +461,13 @@ def print_summary(results: dict) -> None:
             f"{runs['seq']['rps']:.0f}/s | c8 {runs['c8']['rps']:.0f}/s"
         )
     print(
-        f"    gateway overhead p50 +{a['overhead_p50_ms']:.3f} ms, throughput c1 {a['throughput_ratio_c1']:.2f}x "
-        f"c8 {a['throughput_ratio_c8']:.2f}x of direct"
+        f"    gateway overhead p50 +{a['overhead_p50_ms']:.3f} ms, "
+        f"throughput c1 {a['throughput_ratio_c1']:.2f}x c8 {a['throughput_ratio_c8']:.2f}x of direct"
     )
     for name, runs in b["runs"].items():
         print(
-            f"(b) {name:<26} seq p50 {runs['seq']['p50_ms']:.3f} ms p99 {runs['seq']['p99_ms']:.3f} ms | c8 {runs['c8']['rps']:.0f}/s"
+            f"(b) {name:<26} seq p50 {runs['seq']['p50_ms']:.3f} ms p99 {runs['seq']['p99_ms']:.3f} ms "
+            f"| c8 {runs['c8']['rps']:.0f}/s"
         )
     for label in ("original", "feedback.py", "feedback.py, concurrency 1"):
         r = c[label]
@@ -498,6 +500,12 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--skip-mlserver", action="store_true", help="do not install or run MLServer")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
+    parser.add_argument(
+        "--notebook-stages",
+        type=Path,
+        default=NOTEBOOK_STAGES,
+        help="part (d)'s stage times (default runs/notebook-stages.json, written by `make run`)",
+    )
     parser.add_argument(
         "--keep", action="store_true", help="keep the temporary folder (logs, tracking store)"
     )
@@ -553,7 +561,7 @@ def main(argv=None) -> int:
             started,
         )
         results["c"] = replay(stack, workdir, args.replay_limit)
-        results["d"] = notebook_stages()
+        results["d"] = notebook_stages(args.notebook_stages)
         results["targets"] = verdicts(results)
     except KeyboardInterrupt:
         log("interrupted: stopping everything the benchmark started")
