@@ -1,11 +1,15 @@
 """The cluster path from a shell (docs/cluster.md walks through it).
 
     python -m serving.cluster publish s3://my-bucket/mlflow-seldon
-    python -m serving.cluster render --namespace seldon --image ghcr.io/me/mlflow-seldon-server:0.1.0 --secret seldon-rclone-secret
-    python -m serving.cluster rclone-secret s3 --namespace seldon --model-uri s3://my-bucket/... | kubectl apply -f -
+    python -m serving.cluster render --namespace seldon --image ghcr.io/me/mlflow-seldon-server:0.1.0 \
+        --secret seldon-rclone-secret
+    python -m serving.cluster rclone-secret s3 --namespace seldon --model-uri s3://my-bucket/... \
+        | kubectl apply -f -
     python -m serving.cluster grafana-secret | kubectl apply -f -
     python -m serving.cluster deploy build/cluster/wines-classifier.yaml
     python -m serving.cluster endpoints build/cluster/wines-classifier.yaml --ingress 127.0.0.1:8080
+    python -m serving.cluster smoke build/cluster/wines-classifier.yaml --ingress 127.0.0.1:8080 \
+        --prometheus http://127.0.0.1:9090
     python -m serving.cluster check-image
 
 Secrets are printed, never written to disk. Everything else goes to ``build/cluster/`` (git-ignored).
@@ -19,8 +23,8 @@ import os
 import sys
 from pathlib import Path
 
-from serving.cluster import analytics, render
-from serving.cluster.render import REPO, ClusterError, dump
+from serving.cluster import REPO, ClusterError, analytics, helm, rclone, render
+from serving.cluster.render import dump
 
 DEFAULT_OUT = REPO / "build" / "cluster"
 PUBLISHED = "published.json"
@@ -60,14 +64,15 @@ def cmd_render(args) -> int:
         published = Path(args.published or out / PUBLISHED)
         if not published.is_file():
             raise ClusterError(
-                f"{published} not found: run `python -m serving.cluster publish <bucket>` first, or pass --model-uri"
+                f"{published} not found: run `python -m serving.cluster publish <bucket>` first, "
+                f"or pass --model-uri"
             )
         model_uris = json.loads(published.read_text())
     document = render.render_deployment(model_uris, args.namespace, env_secret=args.secret)
     written = [
         _write(out, SDEP_FILE, dump(document)),
-        _write(out, "seldon-core-values.yaml", dump(render.seldon_core_values(args.image))),
-        _write(out, "istio-gateway.yaml", dump(render.istio_gateway())),
+        _write(out, "seldon-core-values.yaml", dump(helm.seldon_core_values(args.image))),
+        _write(out, "istio-gateway.yaml", dump(helm.istio_gateway())),
         _write(out, "podmonitor.yaml", dump(analytics.podmonitor())),
         _write(
             out,
@@ -93,7 +98,7 @@ def cmd_rclone_secret(args) -> int:
         and values.get("GOOGLE_APPLICATION_CREDENTIALS")
     ):
         values["GCS_SERVICE_ACCOUNT_JSON"] = Path(values["GOOGLE_APPLICATION_CREDENTIALS"]).read_text()
-    secret = render.rclone_secret(
+    secret = rclone.rclone_secret(
         args.variant, values, name=args.name, namespace=args.namespace, model_uri=args.model_uri
     )
     sys.stdout.write(dump(secret))
@@ -126,15 +131,27 @@ def cmd_delete(args) -> int:
 
 
 def cmd_endpoints(args) -> int:
-    from serving.cluster.endpoints import cluster_endpoints
+    from serving.cluster.endpoints import cluster_endpoints, feedback_args, port_forwards
 
     endpoints = cluster_endpoints(args.manifest, args.ingress, via=args.via, first_local_port=args.first_port)
     print(f"predictions: {endpoints.predictions_url}")
-    for predictor in endpoints.predictor_urls:
+    for predictor in endpoints.predictors:
         print(f"feedback {predictor}: {endpoints.feedback_url(predictor)}")
-    for command in endpoints.port_forward_commands():
-        print(f"  {command} &")
-    print("python feedback.py " + " ".join(endpoints.feedback_args()))
+    if args.via == "port-forward":
+        for forward in port_forwards(args.manifest, first_local_port=args.first_port).values():
+            print(f"  {forward.command} &")
+    print("python feedback.py " + " ".join(feedback_args(endpoints)))
+    return 0
+
+
+def cmd_smoke(args) -> int:
+    from serving.cluster.smoke import smoke
+
+    predictors = dict(item.split("=", 1) for item in args.predictor) if args.predictor else None
+    result = smoke(
+        args.manifest, args.ingress, args.prometheus, predictors, kubectl=args.kubectl, timeout=args.timeout
+    )
+    print(f"OK: {result.summary()}")
     return 0
 
 
@@ -144,9 +161,8 @@ def cmd_check_image(args) -> int:
     problems = server_image.check_dockerfile() + server_image.pin_drift(args.model_requirements)
     for problem in problems:
         print(f"problem: {problem}")
-    print(
-        f"{server_image.DOCKERFILE.relative_to(REPO)}: {'OK' if not problems else f'{len(problems)} problem(s)'}"
-    )
+    verdict = "OK" if not problems else f"{len(problems)} problem(s)"
+    print(f"{server_image.DOCKERFILE.relative_to(REPO)}: {verdict}")
     return 1 if problems else 0
 
 
@@ -172,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("render", help="write the cluster manifests into build/cluster")
     p.add_argument("--namespace", required=True, help="namespace of the SeldonDeployment")
     p.add_argument("--image", required=True, help="the model server image, registry/name:tag")
-    p.add_argument("--secret", help="rclone storage Secret for a private bucket (envSecretRefName)")
+    p.add_argument(
+        "--secret", help="the rclone storage Secret (envSecretRefName); every s3:// bucket needs one"
+    )
     p.add_argument("--published", help=f"mapping from `publish` (default <out>/{PUBLISHED})")
     p.add_argument(
         "--model-uri", action="append", metavar="PREDICTOR=URI", help="bucket URI per predictor instead"
@@ -182,9 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_render)
 
     p = sub.add_parser("rclone-secret", help="print the storage Secret, filled from the environment")
-    p.add_argument("variant", choices=sorted(render.RCLONE_TEMPLATES))
+    p.add_argument("variant", choices=sorted(rclone.TEMPLATES))
     p.add_argument("--namespace", required=True)
-    p.add_argument("--name", default=render.DEFAULT_SECRET_NAME)
+    p.add_argument("--name", default=rclone.DEFAULT_SECRET_NAME)
     p.add_argument("--model-uri", help="check the Secret opens this bucket URI (the rclone remote name)")
     p.set_defaults(run=cmd_rclone_secret)
 
@@ -210,6 +228,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--via", choices=["port-forward", "cluster-dns"], default="port-forward")
     p.add_argument("--first-port", type=int, default=9001)
     p.set_defaults(run=cmd_endpoints)
+
+    p = sub.add_parser("smoke", help="check an install: predict, feedback to one arm, its Prometheus counter")
+    p.add_argument("manifest", help="the rendered SeldonDeployment (build/cluster/wines-classifier.yaml)")
+    p.add_argument("--ingress", required=True, help="Istio ingress host[:port]")
+    p.add_argument("--prometheus", required=True, help="Prometheus URL, e.g. http://127.0.0.1:9090")
+    p.add_argument(
+        "--predictor",
+        action="append",
+        metavar="PREDICTOR=HOST:PORT",
+        help="an arm's own address instead of a kubectl port-forward of its Service",
+    )
+    p.add_argument("--kubectl", default="kubectl", help="the kubectl binary for the port-forwards")
+    p.add_argument("--timeout", type=float, default=90, help="seconds to wait for Prometheus to count it")
+    p.set_defaults(run=cmd_smoke)
 
     p = sub.add_parser("check-image", help="static checks of the model server image (no Docker needed)")
     p.add_argument("--model-requirements", help="a trained model's requirements.txt to compare with")

@@ -2,8 +2,10 @@
 
 - ``manifests/kube-prometheus-stack-values.yaml``: Helm values (PodMonitors from any release,
   15 s scrapes, Grafana's admin from our Secret, the dashboard sidecar on label grafana_dashboard);
-- ``manifests/podmonitor.yaml``: scrape the executor (port 8000) and the model container (port
-  6000), both named ``metrics`` and serving ``/prometheus`` in Seldon Core v1.17.1's pods;
+- ``manifests/podmonitor.yaml``: scrape the executor (port 8000) and the model containers (the
+  operator gives the first model container metrics port 6000, the next 6001, ...), all named
+  ``metrics`` and serving ``/prometheus`` in Seldon Core v1.17.1's pods; ``scrape_interval()`` is
+  its interval, which every ``rate()`` window on a cluster must cover (4x);
 - ``dashboard_configmap``: the project's dashboard (``serving/grafana/ab-test.json``) as a
   ConfigMap with the sidecar's label, generated from that file - never a copy of it;
 - ``grafana_admin_secret``: a Secret with a freshly generated admin password.
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from serving.cluster.render import MANIFESTS, REPO, ClusterError
+from serving.cluster import MANIFESTS, REPO, ClusterError
 
 DASHBOARD = REPO / "serving" / "grafana" / "ab-test.json"
 VALUES = MANIFESTS / "kube-prometheus-stack-values.yaml"
@@ -35,6 +37,29 @@ def values() -> dict:
 
 def podmonitor() -> dict:
     return yaml.safe_load(PODMONITOR.read_text())
+
+
+def scrape_interval(monitor: dict | None = None) -> float:
+    """Seconds between two scrapes of Seldon's pods on the cluster: the PodMonitor's interval.
+
+    Every endpoint of the PodMonitor must say it (a missing one falls back to the Prometheus
+    default, which the values set too); a ``rate()`` window shorter than 2 scrapes is empty.
+    """
+    monitor = monitor or podmonitor()
+    default = values()["prometheus"]["prometheusSpec"]["scrapeInterval"]
+    intervals = {_seconds(e.get("interval") or default) for e in monitor["spec"]["podMetricsEndpoints"]}
+    if len(intervals) != 1:
+        raise ClusterError(f"the PodMonitor scrapes at several intervals {sorted(intervals)}; use one")
+    return intervals.pop()
+
+
+def _seconds(duration: str) -> float:
+    """A Prometheus duration of seconds or minutes (``15s``, ``1m``) in seconds."""
+    units = {"s": 1, "m": 60}
+    text = str(duration).strip()
+    if len(text) < 2 or text[-1] not in units or not text[:-1].replace(".", "", 1).isdigit():
+        raise ClusterError(f"{duration!r} is not a scrape interval like 15s or 1m")
+    return float(text[:-1]) * units[text[-1]]
 
 
 def dashboard_configmap(
@@ -89,7 +114,8 @@ def grafana_admin_secret(
         password = generate_password()
     if password.lower() in WEAK_PASSWORDS or len(password) < 16:
         raise ClusterError(
-            "the Grafana admin password must be at least 16 characters and not a default; omit it to generate one"
+            "the Grafana admin password must be at least 16 characters and not a default; "
+            "omit it to generate one"
         )
     return {
         "apiVersion": "v1",

@@ -7,9 +7,12 @@ The same as ``kubectl apply -f build/cluster/wines-classifier.yaml`` followed by
 from Python (the notebook), with messages that say what is wrong:
 
 - the manifest is checked first (``serving.deployment.parse(local=False)`` and the CRD schema);
-- create, or on 409 (it exists) replace it at its current ``resourceVersion``;
-- 404 on create means the SeldonDeployment CRD is not installed, 403 that the credentials lack
-  RBAC, 422 that the operator's webhook refused it - each said in those words;
+- create, or on 409 (it exists) replace it at its current ``resourceVersion``, recording the
+  applied manifest in ``kubectl.kubernetes.io/last-applied-configuration`` as ``kubectl apply``
+  does (a plain replace would drop it, and a later ``kubectl apply`` would then merge wrongly);
+- 404 on create means the namespace does not exist (the API server's Status names it) or else
+  that the SeldonDeployment CRD is not installed; 403 that the credentials lack RBAC, 422 that
+  the operator's webhook refused it - each said in those words;
 - then poll ``status.state`` (Seldon Core v1: ``Creating`` -> ``Available``, or ``Failed`` with a
   ``description``) until ``timeout``, printing each change, and fail with the last state, each
   Deployment's available/desired replicas and the commands to look further.
@@ -18,10 +21,14 @@ Seldon Core 1.17.1 never sets ``status.observedGeneration`` (its controller does
 so right after a replace the previous generation's ``Available`` can still be showing. The wait
 therefore accepts ``Available`` for a changed spec only once the operator has been seen working
 on it (any other state) or once it has held for ``settle`` seconds.
+
+``ensure_namespace`` and ``apply_secret`` are the steps before (``kubectl create namespace``, the
+storage Secret), with the kubernetes client's ``CoreV1Api``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -38,6 +45,7 @@ GROUP = "machinelearning.seldon.io"
 VERSION = "v1"
 PLURAL = "seldondeployments"
 AVAILABLE, CREATING, FAILED = "Available", "Creating", "Failed"
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 
 class DeployError(ClusterError):
@@ -50,7 +58,22 @@ class DeployTimeout(DeployError, TimeoutError):
 
 def custom_objects_api(context: str | None = None):
     """A ``CustomObjectsApi`` from ``~/.kube/config`` (or ``$KUBECONFIG``), else the in-cluster account."""
-    from kubernetes import client, config
+    from kubernetes import client
+
+    _load_config(context)
+    return client.CustomObjectsApi()
+
+
+def core_api(context: str | None = None):
+    """A ``CoreV1Api`` (namespaces, Secrets, Services) with the same credentials."""
+    from kubernetes import client
+
+    _load_config(context)
+    return client.CoreV1Api()
+
+
+def _load_config(context: str | None) -> None:
+    from kubernetes import config
 
     try:
         config.load_kube_config(context=context)
@@ -62,7 +85,6 @@ def custom_objects_api(context: str | None = None):
                 f"no Kubernetes credentials: {kube_config_error}. Point KUBECONFIG at your cluster's "
                 f"config (`kubectl config current-context` must name it)"
             ) from kube_config_error
-    return client.CustomObjectsApi()
 
 
 @dataclass
@@ -98,22 +120,44 @@ def _manifest(manifest: Any, crd) -> dict:
         if uri.startswith(("models:/", "runs:/")) or "://" not in uri:
             raise DeployError(
                 f"predictor {predictor['name']!r}: modelUri {uri!r} is not a bucket; the cluster's storage "
-                f"initializer cannot read it. Publish and render first (python -m serving.cluster publish / render)"
+                f"initializer cannot read it. Publish and render first "
+                f"(python -m serving.cluster publish / render)"
             )
     return manifest
 
 
-def _api_error(e, what: str) -> DeployError:
+def _missing_namespace(e) -> str | None:
+    """The namespace a 404 Status says is missing (``details.kind == "namespaces"``), else None.
+
+    The API server answers a missing namespace with a Status naming it, and a missing resource
+    type (no CRD) with a bare ``404 page not found``.
+    """
+    try:
+        details = json.loads(getattr(e, "body", None) or "{}").get("details") or {}
+    except (ValueError, AttributeError):
+        return None
+    return details.get("name") if details.get("kind") == "namespaces" else None
+
+
+def _api_error(e, what: str, resource: str = f"{PLURAL}.{GROUP}") -> DeployError:
     status = getattr(e, "status", None)
     detail = _message(e)
     if status == 404:
+        namespace = _missing_namespace(e)
+        if namespace:
+            return DeployError(
+                f"{what}: namespace {namespace!r} does not exist (404): create it first "
+                f"(`kubectl create namespace {namespace}`, or deploy.ensure_namespace) with the storage "
+                f"Secret in it, see docs/cluster.md. {detail}"
+            )
         return DeployError(
             f"{what}: the API server has no {PLURAL}.{GROUP}/{VERSION} (404): install Seldon Core v1.17.1 "
             f"(its CRD), see docs/cluster.md. {detail}"
         )
     if status in (401, 403):
         return DeployError(
-            f"{what}: not allowed ({status}): your credentials need create/get/replace on {PLURAL}.{GROUP}. {detail}"
+            f"{what}: not allowed ({status}): your credentials need the RBAC verbs create, get and update "
+            f"on {resource}. {detail}"
         )
     if status == 422:
         return DeployError(
@@ -126,8 +170,6 @@ def _message(e) -> str:
     body = getattr(e, "body", None)
     if body:
         try:
-            import json
-
             return json.loads(body).get("message", body)
         except (ValueError, AttributeError):
             return str(body)
@@ -139,6 +181,19 @@ def apply(manifest: Any, api=None, crd=None, retries: int = 3) -> Applied:
     from kubernetes.client.exceptions import ApiException
 
     body = _manifest(manifest, crd)
+    # what `kubectl apply` records, so that a later `kubectl apply -f` merges against this manifest
+    applied = {k: v for k, v in body.items() if k != "status"}
+    applied["metadata"] = {
+        k: v for k, v in body["metadata"].items() if k not in ("resourceVersion", "annotations")
+    }
+    annotations = dict(body["metadata"].get("annotations") or {})
+    annotations.pop(LAST_APPLIED, None)
+    if annotations:
+        applied["metadata"]["annotations"] = annotations
+    body["metadata"]["annotations"] = {
+        **annotations,
+        LAST_APPLIED: json.dumps(applied, sort_keys=True) + "\n",
+    }
     api = api or custom_objects_api()
     name = body["metadata"]["name"]
     namespace = body["metadata"].get("namespace") or "default"
@@ -248,8 +303,9 @@ def wait_available(
             raise DeployTimeout(
                 f"{what} not Available after {timeout:g} s: last state {state!r}"
                 + (f" ({status['description']})" if status.get("description") else "")
-                + f"; {_replicas(status)}. Look at `kubectl get pods -n {namespace} -l seldon-deployment-id={name}` "
-                f"(an ImagePullBackOff or a failing init container `*-model-initializer` is the usual cause) and "
+                + f"; {_replicas(status)}. Look at "
+                f"`kubectl get pods -n {namespace} -l seldon-deployment-id={name}` (an ImagePullBackOff "
+                f"or a failing init container `*-model-initializer` is the usual cause) and "
                 f"`kubectl describe sdep {name} -n {namespace}`"
             )
         time.sleep(min(poll, max(timeout - elapsed, 0.0)))
@@ -293,3 +349,46 @@ def delete(name: str, namespace: str, api=None) -> bool:
         if e.status == 404:
             return False
         raise _api_error(e, f"SeldonDeployment {namespace}/{name}") from e
+
+
+def ensure_namespace(namespace: str, api=None) -> bool:
+    """Create the namespace unless it exists (``kubectl create namespace``); True when created."""
+    from kubernetes.client.exceptions import ApiException
+
+    api = api or core_api()
+    try:
+        api.read_namespace(namespace)
+        return False
+    except ApiException as e:
+        if e.status != 404:
+            raise _api_error(e, f"namespace {namespace}", "namespaces") from e
+    try:
+        api.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+        return True
+    except ApiException as e:
+        if e.status == 409:  # created meanwhile
+            return False
+        raise _api_error(e, f"namespace {namespace}", "namespaces") from e
+
+
+def apply_secret(secret: dict, api=None) -> str:
+    """Create the Secret, or replace it when it exists; ``"created"`` or ``"replaced"``.
+
+    The values travel only to the API server: nothing is written to disk.
+    """
+    from kubernetes.client.exceptions import ApiException
+
+    api = api or core_api()
+    name, namespace = secret["metadata"]["name"], secret["metadata"].get("namespace") or "default"
+    what = f"Secret {namespace}/{name}"
+    try:
+        api.create_namespaced_secret(namespace, secret)
+        return "created"
+    except ApiException as e:
+        if e.status != 409:
+            raise _api_error(e, what, "secrets") from e
+    try:
+        api.replace_namespaced_secret(name, namespace, secret)
+        return "replaced"
+    except ApiException as e:
+        raise _api_error(e, what, "secrets") from e

@@ -1,36 +1,40 @@
-"""Where feedback.py sends requests on a cluster.
+"""Where feedback.py sends requests on a cluster, and the port-forwards that reach it from a laptop.
 
 Predictions go through the ingress, so the traffic split picks the arm: Seldon Core's Istio
 VirtualService routes ``/seldon/<namespace>/<sdep>/`` to the predictors' Services with the
-weights of ``traffic``, so the URL is ``http://<ingress>/seldon/<ns>/<sdep>/api/v1.0/predictions``.
-
-Feedback goes to the arm that answered, through that predictor's own Service, which the operator
-creates per predictor as ``<sdep>-<predictor>`` (``seldon.io/svc-name`` annotation overrides it; a
-name over 63 characters becomes ``seldon-<md5 of it>``), port 8000 (``http``, the executor's REST
-API: ``/api/v1.0/feedback``). Two ways to reach it:
+weights of ``traffic``. Feedback goes to the arm that answered, through that predictor's own
+Service, which the operator creates per predictor as ``<sdep>-<predictor>`` (``seldon.io/svc-name``
+annotation overrides it; a name over 63 characters becomes ``seldon-<md5 of it>``), port 8000
+(``http``, the executor's REST API: ``/api/v1.0/feedback``). Two ways to reach it:
 
 - from a laptop, ``kubectl port-forward -n <ns> svc/<sdep>-<predictor> <local port>:8000`` per
-  arm (``port_forward_commands``), then ``http://127.0.0.1:<local port>``;
-- from inside the cluster (a Job), ``http://<sdep>-<predictor>.<ns>.svc.cluster.local:8000``.
+  arm (``port_forwards``; ``PortForwards`` runs them and waits until each answers), then
+  ``127.0.0.1:<local port>``;
+- from inside the cluster (a Job), ``<sdep>-<predictor>.<ns>.svc.cluster.local:8000``.
 
-``cluster_endpoints(...).predictor_urls`` is the mapping predictor name -> base URL, and
-``feedback_args()`` the matching ``python feedback.py --ingress ... --predictor ...`` arguments.
+``cluster_endpoints(...)`` returns the project's one ``serving.endpoints.Endpoints``, which
+``feedback.py`` takes; ``feedback_args(endpoints)`` is the matching command line.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+import shlex
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from serving import deployment as sdep
-from serving.cluster.render import ClusterError
+from serving.cluster import ClusterError
+from serving.endpoints import Endpoints
 
 EXECUTOR_PORT = 8000  # the executor's REST port on the predictor Service (Helm value executor.port)
 SVC_NAME_ANNOTATION = "seldon.io/svc-name"
 ISTIO_INGRESS = ("istio-system", "istio-ingressgateway")  # namespace and Service of Istio's default gateway
-API = "/api/v1.0"
 VIAS = ("port-forward", "cluster-dns")
 
 
@@ -42,8 +46,8 @@ def predictor_service(deployment: str, predictor: str, annotations: dict | None 
     return name if len(name) <= 63 else "seldon-" + hashlib.md5(name.encode()).hexdigest()
 
 
-def _base_url(value: str, what: str) -> str:
-    """``host``, ``host:port`` or ``http(s)://host[:port]`` -> ``scheme://host[:port]``."""
+def _split_address(value: str, what: str) -> tuple[str, str]:
+    """``host``, ``host:port`` or ``http(s)://host[:port]`` -> ``(scheme, "host[:port]")``."""
     if not isinstance(value, str) or not value.strip():
         raise ClusterError(f"{what} is empty: give host[:port] or http://host[:port]")
     url = value.strip().rstrip("/")
@@ -55,64 +59,74 @@ def _base_url(value: str, what: str) -> str:
     if parts.path or parts.query:
         raise ClusterError(f"{what} {value!r} must be a host and port only, without a path")
     try:
-        parts.port
+        _ = parts.port  # raises on a port that is not a number
     except ValueError as e:
         raise ClusterError(f"{what} {value!r}: {e}") from e
-    return f"{parts.scheme}://{parts.netloc}"
+    return parts.scheme, parts.netloc
+
+
+def _deployment(manifest) -> sdep.Deployment:
+    if isinstance(manifest, sdep.Deployment):
+        return manifest
+    if isinstance(manifest, dict):
+        return sdep.parse(manifest, local=False)
+    return sdep.load(manifest, local=False)
 
 
 @dataclass(frozen=True)
-class ClusterEndpoints:
-    ingress_url: str  # http://<ingress host[:port]>
+class Forward:
+    """One ``kubectl port-forward`` of a predictor's Service to a port on 127.0.0.1."""
+
     namespace: str
-    deployment: str
-    predictor_urls: dict  # predictor name -> base URL of its Service (port-forward or cluster DNS)
-    services: dict  # predictor name -> Service name
-    nodes: dict  # graph node name (what meta.requestPath names) -> predictor name
-    local_ports: dict = field(default_factory=dict)  # predictor -> local port (port-forward only)
+    service: str
+    local_port: int
+    remote_port: int = EXECUTOR_PORT
 
-    @property
-    def ingress_prefix(self) -> str:
-        return f"{self.ingress_url}/seldon/{self.namespace}/{self.deployment}{API}"
-
-    @property
-    def predictions_url(self) -> str:
-        return f"{self.ingress_prefix}/predictions"
-
-    @property
-    def ingress_feedback_url(self) -> str:
-        """Feedback through the ingress: split at random like predictions - the flaw feedback.py measures."""
-        return f"{self.ingress_prefix}/feedback"
-
-    def feedback_url(self, predictor: str) -> str:
-        if predictor not in self.predictor_urls:
-            raise KeyError(f"no predictor {predictor!r}; have {sorted(self.predictor_urls)}")
-        return f"{self.predictor_urls[predictor]}{API}/feedback"
-
-    def port_forward_commands(self) -> list[str]:
-        """One ``kubectl port-forward`` per arm (run each in its own terminal, or in the background)."""
-        if not self.local_ports:
-            return []
+    def argv(self, kubectl: str = "kubectl") -> list[str]:
         return [
-            f"kubectl port-forward -n {self.namespace} svc/{self.services[p]} {port}:{EXECUTOR_PORT}"
-            for p, port in self.local_ports.items()
+            kubectl,
+            "port-forward",
+            "-n",
+            self.namespace,
+            f"svc/{self.service}",
+            f"{self.local_port}:{self.remote_port}",
         ]
 
-    def feedback_args(self) -> list[str]:
-        """Arguments for ``python feedback.py`` (its cluster mode takes host:port addresses)."""
-        args = [
-            "--ingress",
-            self.ingress_url.split("://", 1)[1],
-            "--namespace",
-            self.namespace,
-            "--deployment",
-            self.deployment,
-        ]
-        for predictor, url in self.predictor_urls.items():
-            args += ["--predictor", f"{predictor}={url.split('://', 1)[1]}"]
-        for node, predictor in self.nodes.items():
-            args += ["--node", f"{node}={predictor}"]
-        return args
+    @property
+    def command(self) -> str:
+        return shlex.join(self.argv())
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.local_port}"
+
+
+def port_forwards(
+    manifest, local_ports: dict[str, int] | None = None, first_local_port: int = 9001
+) -> dict[str, Forward]:
+    """Predictor -> the port-forward of its Service.
+
+    Local ports: ``local_ports``, or consecutive from ``first_local_port``.
+    """
+    deployment = _deployment(manifest)
+    names = [p.name for p in deployment.predictors]
+    unknown = sorted(set(local_ports or {}) - set(names))
+    if unknown:
+        raise ClusterError(
+            f"local_ports names {unknown}, which are not predictors of {deployment.name} ({names})"
+        )
+    ports = {name: int((local_ports or {}).get(name, first_local_port + i)) for i, name in enumerate(names)}
+    bad = {n: p for n, p in ports.items() if not 1024 <= p <= 65535}
+    if bad:
+        raise ClusterError(f"local ports must be 1024-65535 (no root needed), got {bad}")
+    if len(set(ports.values())) != len(ports):
+        raise ClusterError(f"each arm needs its own local port, got {ports}")
+    return {
+        p.name: Forward(
+            deployment.namespace, predictor_service(deployment.name, p.name, p.annotations), ports[p.name]
+        )
+        for p in deployment.predictors
+    }
 
 
 def cluster_endpoints(
@@ -121,56 +135,157 @@ def cluster_endpoints(
     via: str = "port-forward",
     local_ports: dict[str, int] | None = None,
     first_local_port: int = 9001,
-) -> ClusterEndpoints:
+) -> Endpoints:
     """Endpoints of a rendered SeldonDeployment on a cluster.
 
     ``ingress``: the Istio ingress gateway as ``host[:port]`` or a URL - its load balancer address
     (``kubectl get svc -n istio-system istio-ingressgateway``), ``127.0.0.1:8080`` behind
     ``kubectl port-forward -n istio-system svc/istio-ingressgateway 8080:80``, or, from a Job,
     ``istio-ingressgateway.istio-system.svc.cluster.local``.
-    ``via``: ``port-forward`` (predictor URLs on 127.0.0.1, ports ``local_ports`` or consecutive
-    from ``first_local_port``) or ``cluster-dns`` (the Services' in-cluster names).
+    ``via``: ``port-forward`` (predictors on 127.0.0.1, ports as ``port_forwards`` picks them) or
+    ``cluster-dns`` (the Services' in-cluster names).
     """
-    if isinstance(manifest, sdep.Deployment):
-        deployment = manifest
-    elif isinstance(manifest, dict):
-        deployment = sdep.parse(manifest, local=False)
-    else:
-        deployment = sdep.load(manifest, local=False)
+    deployment = _deployment(manifest)
     if via not in VIAS:
         raise ClusterError(f"via must be one of {VIAS}, got {via!r}")
-    ingress_url = _base_url(ingress, "ingress")
-    names = [p.name for p in deployment.predictors]
-    services = {
-        p.name: predictor_service(deployment.name, p.name, p.annotations) for p in deployment.predictors
-    }
-    ports: dict[str, int] = {}
+    scheme, gateway = _split_address(ingress, "ingress")
     if via == "port-forward":
-        unknown = sorted(set(local_ports or {}) - set(names))
-        if unknown:
-            raise ClusterError(
-                f"local_ports names {unknown}, which are not predictors of {deployment.name} ({names})"
-            )
-        ports = {
-            name: int((local_ports or {}).get(name, first_local_port + i)) for i, name in enumerate(names)
+        addresses = {
+            p: f.address for p, f in port_forwards(deployment, local_ports, first_local_port).items()
         }
-        bad = {n: p for n, p in ports.items() if not 1024 <= p <= 65535}
-        if bad:
-            raise ClusterError(f"local ports must be 1024-65535 (no root needed), got {bad}")
-        if len(set(ports.values())) != len(ports):
-            raise ClusterError(f"each arm needs its own local port, got {ports}")
-        urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     else:
-        urls = {
-            name: f"http://{services[name]}.{deployment.namespace}.svc.cluster.local:{EXECUTOR_PORT}"
-            for name in names
+        addresses = {
+            p.name: f"{predictor_service(deployment.name, p.name, p.annotations)}."
+            f"{deployment.namespace}.svc.cluster.local:{EXECUTOR_PORT}"
+            for p in deployment.predictors
         }
-    return ClusterEndpoints(
-        ingress_url=ingress_url,
+    # the Services speak plain http (the executor), whatever the ingress speaks
+    predictors = {p: a if scheme == "http" else f"http://{a}" for p, a in addresses.items()}
+    return Endpoints(
+        gateway=gateway,
         namespace=deployment.namespace,
         deployment=deployment.name,
-        predictor_urls=urls,
-        services=services,
+        predictors=predictors,
         nodes={p.node: p.name for p in deployment.predictors},
-        local_ports=ports,
+        scheme=scheme,
     )
+
+
+def feedback_args(endpoints: Endpoints) -> list[str]:
+    """Arguments for ``python feedback.py`` (its cluster mode takes host:port addresses)."""
+    args = [
+        "--ingress",
+        endpoints.gateway,
+        "--namespace",
+        endpoints.namespace,
+        "--deployment",
+        endpoints.deployment,
+    ]
+    for predictor, address in endpoints.predictors.items():
+        args += ["--predictor", f"{predictor}={address.split('://', 1)[-1]}"]
+    for node, predictor in endpoints.nodes.items():
+        args += ["--node", f"{node}={predictor}"]
+    return args
+
+
+class PortForwardError(ClusterError):
+    """A port-forward did not start or its port did not answer; the message has kubectl's words."""
+
+
+class PortForwards:
+    """``kubectl port-forward`` for each arm's Service, started together and stopped together.
+
+        with PortForwards(port_forwards(manifest)) as forwards:   # waits until every port answers
+            ...
+        # or: forwards = PortForwards(...).start(); ...; forwards.stop()
+
+    A port counts as forwarded once an HTTP request through it gets an HTTP answer (any status):
+    kubectl accepts connections before its tunnel to the pod works, so an open port proves nothing.
+    """
+
+    def __init__(self, forwards: dict[str, Forward], kubectl: str = "kubectl", timeout: float = 60):
+        self.forwards = forwards
+        self.kubectl = kubectl
+        self.timeout = timeout
+        self.processes: dict[str, subprocess.Popen] = {}
+        self._logs: dict[str, tempfile._TemporaryFileWrapper] = {}
+
+    def start(self) -> PortForwards:
+        try:
+            for predictor, forward in self.forwards.items():
+                # stdout is one "Handling connection" line per request: never a pipe that could fill
+                log = self._logs[predictor] = tempfile.NamedTemporaryFile(
+                    prefix="port-forward-", suffix=".log"
+                )
+                try:
+                    self.processes[predictor] = subprocess.Popen(
+                        forward.argv(self.kubectl),
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=log,
+                        start_new_session=True,  # its own process group: stop() ends it and nothing else
+                    )
+                except FileNotFoundError as e:
+                    raise PortForwardError(
+                        f"{self.kubectl} is not on PATH: install kubectl, or run `{forward.command}` yourself"
+                    ) from e
+            deadline = time.monotonic() + self.timeout
+            for predictor, forward in self.forwards.items():
+                self._wait(predictor, forward, deadline)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait(self, predictor: str, forward: Forward, deadline: float) -> None:
+        import requests
+
+        process = self.processes[predictor]
+        while True:
+            if process.poll() is not None:
+                raise PortForwardError(
+                    f"`{forward.command}` exited with {process.returncode}: {self._said(predictor)}"
+                )
+            try:
+                requests.get(f"http://{forward.address}/", timeout=2)
+                return  # any HTTP answer: the tunnel reaches the executor
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise PortForwardError(
+                    f"`{forward.command}`: nothing answered on {forward.address} within {self.timeout:g} s "
+                    f"(is the pod running? `kubectl get pods -n {forward.namespace}`): "
+                    f"{self._said(predictor)}"
+                )
+            time.sleep(0.2)
+
+    def _said(self, predictor: str) -> str:
+        log = self._logs.get(predictor)
+        if log is None:
+            return ""
+        with open(log.name, errors="replace") as f:
+            return f.read()[-2000:].strip() or "(nothing on stderr)"
+
+    def stop(self, timeout: float = 10) -> None:
+        """Stop every port-forward this object started (by its process group), then forget them."""
+        for process in self.processes.values():
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                if process.poll() is not None:
+                    break
+                try:
+                    os.killpg(process.pid, sig)
+                    process.wait(timeout=timeout)
+                except ProcessLookupError:
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        for log in self._logs.values():
+            log.close()
+        self.processes.clear()
+        self._logs.clear()
+
+    def __enter__(self) -> PortForwards:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -33,7 +33,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.cluster.render import LOCAL_MANIFEST, ClusterError, join_uri, split_bucket_uri
+from serving.cluster import ClusterError
+from serving.cluster.buckets import join_uri, split_bucket_uri
+from serving.cluster.render import LOCAL_MANIFEST
 
 PUBLISH_SCHEMES = ("s3", "gs", "file")
 TOOLS = ("fsspec", "gsutil")
@@ -62,7 +64,8 @@ def check_destination(bucket: str) -> str:
     scheme = bucket.split("://", 1)[0]
     if scheme not in PUBLISH_SCHEMES:
         raise PublishError(
-            f"{bucket}: cannot publish to {scheme}://; use one of {', '.join(s + '://' for s in PUBLISH_SCHEMES)}"
+            f"{bucket}: cannot publish to {scheme}://; "
+            f"use one of {', '.join(s + '://' for s in PUBLISH_SCHEMES)}"
         )
     if scheme == "file":
         if not bucket.startswith("file:///"):
@@ -75,6 +78,34 @@ def check_destination(bucket: str) -> str:
     return scheme
 
 
+MAKE_BUCKET = {
+    "s3": "aws s3 mb s3://{bucket} (MinIO: mc mb <alias>/{bucket})",
+    "gs": "gcloud storage buckets create gs://{bucket}",
+}
+
+
+def check_bucket_exists(bucket: str, storage_options: Mapping | None = None) -> None:
+    """Refuse a bucket that does not exist (or these credentials cannot see): publishing never creates one.
+
+    Creating a bucket is a decision about region, access and cost that belongs to its owner
+    (docs/cluster.md, step 2, shows the commands).
+    """
+    scheme = check_destination(bucket)
+    if scheme == "file":
+        return
+    _, name, _ = split_bucket_uri(bucket)
+    fs, _ = _filesystem(bucket, storage_options)
+    try:
+        exists = fs.exists(name)
+    except (OSError, PermissionError) as e:
+        raise PublishError(f"{bucket}: cannot reach the bucket {name!r} ({e})") from e
+    if not exists:
+        raise PublishError(
+            f"{bucket}: bucket {name!r} does not exist or these credentials cannot see it; create it first: "
+            + MAKE_BUCKET[scheme].format(bucket=name)
+        )
+
+
 def manifest_model_uris(manifest: str | os.PathLike = LOCAL_MANIFEST) -> list[str]:
     """The local ``modelUri`` of every predictor of a manifest, in order."""
     from serving import deployment as sdep
@@ -84,25 +115,12 @@ def manifest_model_uris(manifest: str | os.PathLike = LOCAL_MANIFEST) -> list[st
 
 def resolve(model_uri: str):
     """``models:/name@alias`` or ``models:/name/version`` -> the registry's ModelVersion."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+    from training.tracking import ModelNotFound, registered_version
 
-    if not model_uri.startswith("models:/"):
-        raise PublishError(
-            f"{model_uri}: publish takes registered models (models:/<name>@<alias> or models:/<name>/<version>)"
-        )
-    rest = model_uri[len("models:/") :]
-    client = MlflowClient()
     try:
-        if "@" in rest:
-            name, alias = rest.split("@", 1)
-            return client.get_model_version_by_alias(name, alias)
-        name, _, version = rest.partition("/")
-        return client.get_model_version(name, version)
-    except MlflowException as e:
-        raise PublishError(
-            f"{model_uri}: not in the MLflow registry ({e.message.splitlines()[0]}); train the arms first"
-        ) from e
+        return registered_version(model_uri)
+    except ModelNotFound as e:
+        raise PublishError(f"{e}; publish takes registered models - train the arms first") from e
 
 
 def checksums(folder: str | os.PathLike) -> dict[str, str]:
@@ -192,8 +210,8 @@ def publish_folder(
     if existing and not overwrite:
         changed = sorted(k for k in set(source) | set(existing) if source.get(k) != existing.get(k))
         raise PublishError(
-            f"{uri} already holds a different model ({', '.join(changed[:5])} differ); a published version is "
-            f"immutable - publish a new version, or pass overwrite=True"
+            f"{uri} already holds a different model ({', '.join(changed[:5])} differ); a published "
+            f"version is immutable - publish a new version, or pass overwrite=True"
         )
     if tool == "gsutil":
         _copy_gsutil(folder, uri)
@@ -229,7 +247,7 @@ def publish(
     """
     import mlflow
 
-    check_destination(bucket)
+    check_bucket_exists(bucket, storage_options)
     uris = list(model_uris) if model_uris is not None else manifest_model_uris(manifest)
     results = {}
     with tempfile.TemporaryDirectory(prefix="publish-") as scratch:

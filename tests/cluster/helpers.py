@@ -1,8 +1,10 @@
 """Helpers for the cluster tests: things that cannot run here, and a loopback S3 emulator.
 
 No Kubernetes API server can run on these machines, so ``FakeKubernetesApiServer`` stands in for
-one behind the kubernetes client's ``CustomObjectsApi`` interface (the same method names and
-arguments, raising the client's own ``ApiException``). Everything else in these tests is real.
+one behind the kubernetes client's ``CustomObjectsApi`` and ``CoreV1Api`` interfaces (the same
+method names and arguments, raising the client's own ``ApiException`` with the API server's Status
+bodies). ``tests/cluster/standin.py`` serves it over HTTP and acts as the operator would.
+Everything else in these tests is real.
 """
 
 from __future__ import annotations
@@ -22,15 +24,31 @@ from kubernetes.client.exceptions import ApiException
 from serving.local import free_port
 
 
-def api_exception(status: int, message: str = "") -> ApiException:
+def api_exception(status: int, message: str = "", details: dict | None = None, body: str | None = None):
     e = ApiException(
         status=status,
         reason={404: "Not Found", 409: "Conflict", 403: "Forbidden", 422: "Unprocessable Entity"}.get(
             status, "Error"
         ),
     )
-    e.body = json.dumps({"kind": "Status", "message": message or f"status {status}"})
+    status_body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": status}
+    status_body["message"] = message or f"status {status}"
+    if details:
+        status_body["details"] = details
+    e.body = body if body is not None else json.dumps(status_body)
     return e
+
+
+def missing_namespace(namespace: str) -> ApiException:
+    """What the API server answers for anything created in a namespace that does not exist."""
+    return api_exception(
+        404, f'namespaces "{namespace}" not found', {"name": namespace, "kind": "namespaces"}
+    )
+
+
+def missing_resource_type() -> ApiException:
+    """What the API server answers for a resource type it does not serve (no CRD): not a Status."""
+    return api_exception(404, body="404 page not found")
 
 
 class FakeKubernetesApiServer:
@@ -38,9 +56,19 @@ class FakeKubernetesApiServer:
 
     ``statuses``: the ``status`` the operator would write, one per ``get`` after a write (the
     last one repeats). ``fail``: method name -> list of statuses to raise on successive calls.
+    ``namespaces``: the namespaces that exist (None: every one does); writing into another is a
+    404 naming it, as the API server answers. ``crd=False``: no SeldonDeployment CRD installed.
+    ``on_write(key, body)`` / ``on_delete(key, body)``: called after a SeldonDeployment is written
+    or deleted (the stand-in cluster's operator hooks in there).
     """
 
-    def __init__(self, statuses=None, fail=None, existing=None):
+    def __init__(self, statuses=None, fail=None, existing=None, namespaces=None, crd=True):
+        self.namespaces = None if namespaces is None else set(namespaces)
+        self.crd = crd
+        self.secrets = {}  # (namespace, name) -> Secret
+        self.services = {}  # (namespace, name) -> Service
+        self.on_write = None
+        self.on_delete = None
         self.objects = {}
         self.calls = []
         self.statuses = list(statuses or [])
@@ -55,6 +83,14 @@ class FakeKubernetesApiServer:
             status = self.fail[method].pop(0)
             raise api_exception(status, f"{method} refused with {status} by the fake API server")
 
+    def _check_namespace(self, namespace):
+        if self.namespaces is not None and namespace not in self.namespaces:
+            raise missing_namespace(namespace)
+
+    def _check_crd(self):
+        if not self.crd:
+            raise missing_resource_type()
+
     def _store(self, body, generation):
         self._version += 1
         meta = body.setdefault("metadata", {})
@@ -67,14 +103,20 @@ class FakeKubernetesApiServer:
     def create_namespaced_custom_object(self, group, version, namespace, plural, body):
         self.calls.append(("create", group, version, namespace, plural, body["metadata"]["name"]))
         self._maybe_fail("create")
+        self._check_crd()
+        self._check_namespace(namespace)
         if (namespace, body["metadata"]["name"]) in self.objects:
             raise api_exception(409, "already exists")
         self._written = True
-        return self._store(copy.deepcopy(body), generation=1)
+        stored = self._store(copy.deepcopy(body), generation=1)
+        if self.on_write:
+            self.on_write((namespace, body["metadata"]["name"]), stored)
+        return stored
 
     def get_namespaced_custom_object(self, group, version, namespace, plural, name):
         self.calls.append(("get", group, version, namespace, plural, name))
         self._maybe_fail("get")
+        self._check_crd()
         if (namespace, name) not in self.objects:
             raise api_exception(404, f'seldondeployments.machinelearning.seldon.io "{name}" not found')
         obj = self.objects[(namespace, name)]
@@ -92,13 +134,57 @@ class FakeKubernetesApiServer:
         body = copy.deepcopy(body)
         body["status"] = current.get("status", {})
         self._written = True
-        return self._store(body, generation=generation)
+        stored = self._store(body, generation=generation)
+        if self.on_write:
+            self.on_write((namespace, name), stored)
+        return stored
 
     def delete_namespaced_custom_object(self, group, version, namespace, plural, name):
         self.calls.append(("delete", group, version, namespace, plural, name))
-        if self.objects.pop((namespace, name), None) is None:
+        self._check_crd()
+        deleted = self.objects.pop((namespace, name), None)
+        if deleted is None:
             raise api_exception(404, "not found")
+        if self.on_delete:
+            self.on_delete((namespace, name), deleted)
         return {}
+
+    # ------------------------------------------------------------------ CoreV1Api: the parts we use
+    def read_namespace(self, name):
+        self.calls.append(("read_namespace", name))
+        if self.namespaces is not None and name not in self.namespaces:
+            raise api_exception(404, f'namespaces "{name}" not found', {"name": name, "kind": "namespaces"})
+        return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+
+    def create_namespace(self, body):
+        name = body["metadata"]["name"]
+        self.calls.append(("create_namespace", name))
+        self._maybe_fail("create_namespace")
+        if self.namespaces is None or name in self.namespaces:
+            raise api_exception(409, f'namespaces "{name}" already exists')
+        self.namespaces.add(name)
+        return copy.deepcopy(body)
+
+    def create_namespaced_secret(self, namespace, body):
+        self.calls.append(("create_secret", namespace, body["metadata"]["name"]))
+        self._check_namespace(namespace)
+        if (namespace, body["metadata"]["name"]) in self.secrets:
+            raise api_exception(409, "already exists")
+        self.secrets[(namespace, body["metadata"]["name"])] = copy.deepcopy(body)
+        return copy.deepcopy(body)
+
+    def replace_namespaced_secret(self, name, namespace, body):
+        self.calls.append(("replace_secret", namespace, name))
+        if (namespace, name) not in self.secrets:
+            raise api_exception(404, f'secrets "{name}" not found')
+        self.secrets[(namespace, name)] = copy.deepcopy(body)
+        return copy.deepcopy(body)
+
+    def read_namespaced_service(self, name, namespace):
+        self.calls.append(("read_service", namespace, name))
+        if (namespace, name) not in self.services:
+            raise api_exception(404, f'services "{name}" not found')
+        return copy.deepcopy(self.services[(namespace, name)])
 
 
 def k8s_unknown_fields(obj: dict) -> list[str]:
@@ -125,7 +211,7 @@ def k8s_unknown_fields(obj: dict) -> list[str]:
                 else:
                     walk(value, b[key], f"{path}.{key}")
         elif isinstance(a, list) and isinstance(b, list):
-            for i, (x, y) in enumerate(zip(a, b)):
+            for i, (x, y) in enumerate(zip(a, b, strict=False)):
                 walk(x, y, f"{path}[{i}]")
 
     walk(obj, back, "")

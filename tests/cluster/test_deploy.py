@@ -7,6 +7,7 @@ milliseconds. The manifests are the real rendered ones; the errors are the clien
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from serving.cluster import deploy, render
 from serving.cluster.deploy import DeployError, DeployTimeout
 from tests.cluster.helpers import FakeKubernetesApiServer
-from tests.cluster.test_render import URIS
+from tests.cluster.test_render import SECRET, URIS
 
 CREATING = {"state": "Creating", "deploymentStatus": {"wines-classifier-model-a-0-model-a": {"replicas": 1}}}
 AVAILABLE = {
@@ -28,7 +29,7 @@ AVAILABLE = {
 
 @pytest.fixture
 def manifest(crd):
-    return render.plain(render.render_deployment(URIS, "seldon", crd=crd))
+    return render.plain(render.render_deployment(URIS, "seldon", env_secret=SECRET, crd=crd))
 
 
 def run(api, manifest, **kwargs):
@@ -68,7 +69,8 @@ def test_deploy_without_api_server_creates_then_waits_until_available(manifest):
     assert status["state"] == "Available"
     assert messages == [
         "SeldonDeployment seldon/wines-classifier: no status yet; no Deployments reported yet",
-        "SeldonDeployment seldon/wines-classifier: Creating; wines-classifier-model-a-0-model-a 0/1 available",
+        "SeldonDeployment seldon/wines-classifier: Creating; "
+        "wines-classifier-model-a-0-model-a 0/1 available",
         "SeldonDeployment seldon/wines-classifier: Available",
     ]
     assert gets(api) == 4  # one poll per status the operator wrote
@@ -76,7 +78,7 @@ def test_deploy_without_api_server_creates_then_waits_until_available(manifest):
 
 
 def test_deploy_without_api_server_replaces_an_existing_deployment_at_its_resource_version(manifest):
-    old = render.plain(render.render_deployment(URIS, "seldon"))
+    old = render.plain(render.render_deployment(URIS, "seldon", env_secret=SECRET))
     old["spec"]["predictors"][0]["traffic"], old["spec"]["predictors"][1]["traffic"] = 90, 10
     api = FakeKubernetesApiServer(existing=[old], statuses=[CREATING, AVAILABLE])
     applied, status, _, _ = run(api, manifest)
@@ -98,7 +100,7 @@ def test_deploy_without_api_server_retries_a_replace_that_raced_another_writer(m
 
 def test_deploy_without_api_server_does_not_trust_a_stale_available_after_a_changed_spec(manifest):
     # Seldon 1.17.1 never writes status.observedGeneration: after a replace the old Available shows
-    old = render.plain(render.render_deployment(URIS, "seldon"))
+    old = render.plain(render.render_deployment(URIS, "seldon", env_secret=SECRET))
     old["spec"]["predictors"][0]["replicas"] = 3
     old["status"] = AVAILABLE
     api = FakeKubernetesApiServer(existing=[old], statuses=[AVAILABLE])
@@ -113,7 +115,7 @@ def test_deploy_without_api_server_does_not_trust_a_stale_available_after_a_chan
 
 
 def test_deploy_without_api_server_uses_observed_generation_when_the_operator_reports_it(manifest):
-    old = render.plain(render.render_deployment(URIS, "seldon"))
+    old = render.plain(render.render_deployment(URIS, "seldon", env_secret=SECRET))
     old["spec"]["predictors"][0]["replicas"] = 3
     stale = dict(AVAILABLE, observedGeneration=1)
     fresh = dict(AVAILABLE, observedGeneration=2)
@@ -157,7 +159,7 @@ def test_deploy_without_api_server_stops_at_failed_with_the_operators_descriptio
     "status, problem",
     [
         (404, "no seldondeployments.machinelearning.seldon.io/v1 .* install Seldon Core v1.17.1"),
-        (403, "not allowed \\(403\\)"),
+        (403, "not allowed \\(403\\).*create, get and update"),
         (422, "refused as invalid \\(422\\).*webhook"),
         (500, "answered 500"),
     ],
@@ -166,6 +168,43 @@ def test_deploy_without_api_server_explains_what_the_api_server_refused(manifest
     api = FakeKubernetesApiServer(fail={"create": [status]})
     with pytest.raises(DeployError, match=problem):
         deploy.apply(manifest, api=api)
+
+
+def test_deploy_without_api_server_a_missing_namespace_is_not_called_a_missing_crd(manifest):
+    # the API server's 404 for a missing namespace is a Status naming it; for a missing CRD a bare page
+    api = FakeKubernetesApiServer(namespaces={"default"})
+    with pytest.raises(
+        DeployError, match="namespace 'seldon' does not exist.*kubectl create namespace seldon"
+    ):
+        deploy.apply(manifest, api=api)
+    api = FakeKubernetesApiServer(crd=False)
+    with pytest.raises(
+        DeployError, match="no seldondeployments.machinelearning.seldon.io/v1 .* install Seldon"
+    ):
+        deploy.apply(manifest, api=api)
+
+
+def test_deploy_without_api_server_ensure_namespace_then_secret_then_deploy(manifest):
+    api = FakeKubernetesApiServer(namespaces={"default"}, statuses=[AVAILABLE])
+    assert deploy.ensure_namespace("seldon", api=api) is True
+    assert deploy.ensure_namespace("seldon", api=api) is False  # exists: nothing to do
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "seldon"}}
+    assert deploy.apply_secret(secret, api=api) == "created"
+    assert deploy.apply_secret(secret, api=api) == "replaced"
+    assert deploy.deploy(manifest, api=api, log=None, poll=0.01)["state"] == "Available"
+
+
+def test_deploy_without_api_server_keeps_kubectls_last_applied_configuration(manifest):
+    # kubectl apply records the manifest it applied; a replace without it would make the next
+    # `kubectl apply -f` merge against nothing and keep fields the reader removed
+    old = render.plain(render.render_deployment(URIS, "seldon", env_secret=SECRET))
+    old["spec"]["predictors"][0]["traffic"], old["spec"]["predictors"][1]["traffic"] = 90, 10
+    api = FakeKubernetesApiServer(existing=[old], statuses=[AVAILABLE])
+    deploy.apply(manifest, api=api)
+    stored = api.objects[("seldon", "wines-classifier")]
+    recorded = json.loads(stored["metadata"]["annotations"][deploy.LAST_APPLIED])
+    assert recorded["spec"] == manifest["spec"]
+    assert "resourceVersion" not in recorded["metadata"] and "status" not in recorded
 
 
 def test_deploy_without_api_server_refuses_a_registry_model_uri_before_calling_the_api():

@@ -12,7 +12,7 @@ import yaml
 
 from serving import deployment as sdep
 from serving.cluster import __main__ as cli
-from serving.cluster import analytics, render, server_image
+from serving.cluster import analytics, helm, server_image
 from serving.cluster.render import REPO
 
 DOC = REPO / "docs" / "cluster.md"
@@ -92,7 +92,7 @@ def test_the_rendered_deployment_the_doc_applies_validates_against_the_crd(rende
     assert deployment.namespace == VARIABLES["$NS"]
     assert "kubectl wait sdep/wines-classifier -n $NS" in TEXT and deployment.name == "wines-classifier"
     values = yaml.safe_load((rendered_dir / "seldon-core-values.yaml").read_text())
-    assert render.prepack_image(values, "MLFLOW_SERVER") == VARIABLES["$IMAGE"]
+    assert helm.prepack_image(values, "MLFLOW_SERVER") == VARIABLES["$IMAGE"]
 
 
 def test_the_doc_pins_the_versions_the_project_uses():
@@ -112,12 +112,13 @@ def test_the_doc_pins_the_versions_the_project_uses():
 
 
 def test_the_printed_feedback_commands_are_what_endpoints_prints(rendered_dir):
-    from serving.cluster.endpoints import cluster_endpoints
+    from serving.cluster.endpoints import cluster_endpoints, feedback_args, port_forwards
 
-    e = cluster_endpoints(rendered_dir / "wines-classifier.yaml", "127.0.0.1:8080")
+    manifest = rendered_dir / "wines-classifier.yaml"
+    e = cluster_endpoints(manifest, "127.0.0.1:8080")
     printed = re.search(r"```text\n(.*?)```", TEXT, re.S).group(1).splitlines()
-    assert printed == [f"{c} &" for c in e.port_forward_commands()] + [
-        "python feedback.py " + " ".join(e.feedback_args())
+    assert printed == [f"{f.command} &" for f in port_forwards(manifest).values()] + [
+        "python feedback.py " + " ".join(feedback_args(e))
     ]
 
 

@@ -8,31 +8,32 @@ import json
 import pytest
 import yaml
 
-from serving.cluster import analytics, render
-from serving.cluster.endpoints import cluster_endpoints, predictor_service
-from serving.cluster.render import ClusterError
+from serving.cluster import ClusterError, analytics, render
+from serving.cluster.endpoints import cluster_endpoints, feedback_args, port_forwards, predictor_service
+from serving.endpoints import Endpoints
 from tests.cluster.helpers import k8s_unknown_fields
-from tests.cluster.test_render import URIS
+from tests.cluster.test_render import SECRET, URIS
 
 
 @pytest.fixture
 def rendered():
-    return render.plain(render.render_deployment(URIS, "seldon"))
+    return render.plain(render.render_deployment(URIS, "seldon", env_secret=SECRET))
 
 
 def test_port_forward_endpoints_for_feedback_and_the_ingress_for_predictions(rendered):
     e = cluster_endpoints(rendered, "127.0.0.1:8080")
 
+    assert type(e) is Endpoints  # the project's one endpoints type, what feedback.py takes
     assert e.predictions_url == "http://127.0.0.1:8080/seldon/seldon/wines-classifier/api/v1.0/predictions"
     assert e.ingress_feedback_url == "http://127.0.0.1:8080/seldon/seldon/wines-classifier/api/v1.0/feedback"
-    assert e.predictor_urls == {"model-a": "http://127.0.0.1:9001", "model-b": "http://127.0.0.1:9002"}
+    assert e.predictors == {"model-a": "127.0.0.1:9001", "model-b": "127.0.0.1:9002"}
     assert e.feedback_url("model-b") == "http://127.0.0.1:9002/api/v1.0/feedback"
-    assert e.port_forward_commands() == [
+    assert [f.command for f in port_forwards(rendered).values()] == [
         "kubectl port-forward -n seldon svc/wines-classifier-model-a 9001:8000",
         "kubectl port-forward -n seldon svc/wines-classifier-model-b 9002:8000",
     ]
     assert e.nodes == {"model-a": "model-a", "model-b": "model-b"}
-    assert e.feedback_args() == [
+    assert feedback_args(e) == [
         "--ingress",
         "127.0.0.1:8080",
         "--namespace",
@@ -61,12 +62,19 @@ def test_in_cluster_endpoints_use_the_predictor_services_dns_names(rendered):
         e.feedback_url("model-a")
         == "http://wines-classifier-model-a.seldon.svc.cluster.local:8000/api/v1.0/feedback"
     )
-    assert e.port_forward_commands() == []
+    assert e.predictors["model-b"] == "wines-classifier-model-b.seldon.svc.cluster.local:8000"
+
+
+def test_an_https_ingress_keeps_the_port_forwards_on_plain_http(rendered):
+    e = cluster_endpoints(rendered, "https://lb.example.com")
+    assert e.predictions_url.startswith("https://lb.example.com/seldon/")
+    assert e.feedback_url("model-a") == "http://127.0.0.1:9001/api/v1.0/feedback"
+    assert feedback_args(e)[:2] == ["--ingress", "lb.example.com"]
 
 
 def test_chosen_local_ports_and_their_mistakes(rendered):
     e = cluster_endpoints(rendered, "lb.example.com", local_ports={"model-a": 19000, "model-b": 19001})
-    assert e.predictor_urls["model-b"] == "http://127.0.0.1:19001"
+    assert e.predictor_url("model-b") == "http://127.0.0.1:19001"
     assert e.ingress_url == "http://lb.example.com"
     with pytest.raises(ClusterError, match="own local port"):
         cluster_endpoints(rendered, "lb", local_ports={"model-a": 19000, "model-b": 19000})
@@ -99,6 +107,22 @@ def test_the_manifest_file_works_as_well_as_the_document(tmp_path, rendered):
 
 
 # ------------------------------------------------------------------------------- analytics
+def test_the_cluster_scrape_interval_is_the_podmonitors_and_the_windows_cover_it():
+    from experiment import rate_window
+
+    interval = analytics.scrape_interval()
+    assert interval == 15  # manifests/podmonitor.yaml and the Helm values' scrapeInterval
+    window = float(rate_window(interval).rstrip("s"))
+    assert window >= 4 * interval  # a rate() needs two samples in its window, with room for a late one
+    # the local stack's window (2 s scrapes) would hold at most one cluster sample: every rate() empty
+    assert float(rate_window().rstrip("s")) < interval
+    with pytest.raises(ClusterError, match="several intervals"):
+        analytics.scrape_interval(
+            {"spec": {"podMetricsEndpoints": [{"interval": "15s"}, {"interval": "30s"}]}}
+        )
+    assert analytics.scrape_interval({"spec": {"podMetricsEndpoints": [{"interval": "1m"}]}}) == 60
+
+
 def test_the_podmonitor_scrapes_the_pods_seldon_manages_on_their_metrics_ports():
     monitor = analytics.podmonitor()
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["kind"] == "PodMonitor"

@@ -83,6 +83,9 @@ def test_publish_round_trips_both_arms_through_the_s3_emulator_byte_identical(
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask a cloud metadata service
     with s3_emulator(tmp_path) as endpoint:
         options = {**CREDENTIALS, "endpoint_url": endpoint}
+        # publishing never creates a bucket: docs/cluster.md's step 2 does, with the command named here
+        with pytest.raises(PublishError, match="bucket 'mlflow-seldon-models' does not exist.*aws s3 mb"):
+            pub.publish("s3://mlflow-seldon-models/tutorial", storage_options=options)
         s3fs.S3FileSystem(**options).mkdir("mlflow-seldon-models")
         published = round_trip(trained_arms, "s3://mlflow-seldon-models/tutorial", tmp_path, options)
         # the emulator really holds the objects
@@ -114,7 +117,7 @@ def test_publish_refuses_a_bad_destination_before_touching_the_registry(bucket, 
 
 
 def test_publish_names_an_arm_the_registry_does_not_have(trained_arms, tmp_path):
-    with pytest.raises(PublishError, match="models:/wines-classifier@zz: not in the MLflow registry"):
+    with pytest.raises(PublishError, match="models:/wines-classifier@zz: not found in the MLflow registry"):
         pub.publish((tmp_path / "b").as_uri(), model_uris=["models:/wines-classifier@zz"])
     with pytest.raises(PublishError, match="publish takes registered models"):
         pub.publish((tmp_path / "b").as_uri(), model_uris=["runs:/abc/model"])
