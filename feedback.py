@@ -53,6 +53,10 @@ RUNS_DIR = REPO / "runs"
 # exactly 0 (`if not reward: return` in metrics.py), so a reward must stay above float32's
 # smallest normal number; this floor is far above it and far below any real reward.
 REWARD_FLOOR = 1e-6
+# how long refused connections are retried: covers the local supervisor's restart of a killed
+# gateway (about 2 s) with room for a busy machine; a stack that stays down fails the rows after it
+DEFAULT_DEADLINE = 30.0
+MAY_HAVE_COUNTED = "it may have been counted, so it was not sent again"
 JSON_HEADERS = {"Content-Type": "application/json"}
 LOG_COLUMNS = [
     "request_id",
@@ -67,7 +71,7 @@ LOG_COLUMNS = [
     "feedback_arm",
     "predict_status",
     "feedback_status",
-    "attempts",
+    "attempts",  # requests sent for the row: 2 (a prediction and a feedback) when none was retried
     "error",
 ]
 
@@ -124,15 +128,38 @@ class ReplayResult:
 
 # ------------------------------------------------------------------------------------ replay
 class Replayer:
+    """Replays rows: ``one`` row at a time on a shared ``Connections``.
+
+    What is retried (each retry after a backoff of 50 ms doubling up to 1 s):
+
+    - a connection that could not be opened (refused, unreachable): nothing was sent, so any
+      request is safe to send again; retried while the endpoints have been unreachable for less
+      than ``deadline`` seconds (the local supervisor restarts a killed gateway in about 2 s);
+    - a prediction that got a 5xx or no answer: predicting again changes no reward (at most
+      ``retries`` times);
+    - a feedback answered 503 by the gateway, which could not reach the arm (at most ``retries``).
+
+    A feedback that was sent but got no answer (reset, timeout) may have been counted: it is
+    reported in the log, never sent twice - a duplicate reward would bias that arm's mean.
+    """
+
     def __init__(
-        self, endpoints: Endpoints, feedback_via: str = "arm", retries: int = 3, timeout: float = 30.0
+        self,
+        endpoints: Endpoints,
+        feedback_via: str = "arm",
+        retries: int = 3,
+        timeout: float = 30.0,
+        deadline: float = DEFAULT_DEADLINE,
     ):
         if feedback_via not in ("arm", "ingress"):
             raise ValueError(f"feedback_via must be 'arm' or 'ingress', got {feedback_via!r}")
+        if not deadline >= 0:
+            raise ValueError(f"deadline must be a number of seconds >= 0, got {deadline!r}")
         self.endpoints = endpoints
         self.feedback_via = feedback_via
         self.retries = retries
         self.timeout = timeout
+        self.deadline = deadline
         # SeldonClient(gateway="istio") posts to the ingress path; gateway="seldon" to /api/v1.0/...
         self.predict_url = endpoints.predictions_url
         self.ingress_feedback_url = endpoints.ingress_feedback_url
@@ -148,6 +175,13 @@ class Replayer:
         error = "" if status == 200 else f"{status} {text[:200].decode(errors='replace')}".strip()
         return status, parsed if isinstance(parsed, dict) else None, error
 
+    async def _again(self, connections: Connections, attempt: int, not_sent: bool) -> bool:
+        """Wait before the next attempt; False when a request that was not sent has run out of time."""
+        if not_sent and connections.unreachable_for() >= self.deadline:
+            return False
+        await asyncio.sleep(min(0.05 * 2 ** (attempt - 1), 1.0))
+        return True
+
     async def one(
         self, connections: Connections, request_id: int, features: np.ndarray, truth: float
     ) -> dict:
@@ -159,19 +193,27 @@ class Replayer:
             "error": "",
         }
         request = prediction_request(features)
-        # 1. predict through the ingress; retrying a prediction is harmless
+        # 1. predict through the ingress
         start = time.perf_counter()
-        response, status, error = None, None, ""
-        for attempt in range(1, self.retries + 2):
-            row["attempts"] = attempt
+        response, status, error, failed = None, None, "", 0
+        while True:
+            row["attempts"] += 1
+            not_sent = False
             try:
                 status, response, error = await self._post(connections, self.predict_url, request)
                 if status == 200 and response is not None:
                     break
                 error = f"predict: {error or 'the answer is not a JSON object'}"
-            except (TimeoutError, NoAnswer) as e:  # no answer at all
+                if status < 500 and status != 200:
+                    break  # the request itself is wrong: sending it again gives the same answer
+                failed += 1
+            except NotSent as e:
+                status, response, error, not_sent = None, None, f"predict: {e}", True
+            except (TimeoutError, NoAnswer) as e:  # no answer; predicting again is harmless
                 status, response, error = None, None, f"predict: {type(e).__name__}: {e}"
-            await asyncio.sleep(0.05 * 2**attempt)
+                failed += 1
+            if failed > self.retries or not await self._again(connections, row["attempts"], not_sent):
+                break
         row["predict_ms"] = (time.perf_counter() - start) * 1000
         row["predict_status"] = status
         if status != 200 or response is None:
@@ -196,18 +238,23 @@ class Replayer:
         # 4. feedback to the arm that served (or, to measure the flaw, through the ingress)
         url = self.arm_feedback_urls[row["arm"]] if self.feedback_via == "arm" else self.ingress_feedback_url
         body = feedback_message(request, response, row["reward"])
-        start = time.perf_counter()
-        for attempt in range(1, self.retries + 2):
+        start, attempt, failed = time.perf_counter(), 0, 0
+        while True:
+            attempt += 1
+            row["attempts"] += 1
             try:
                 status, answer, error = await self._post(connections, url, body)
-            except TimeoutError:
-                # the request may have been counted: report it, never send it twice
-                row["feedback_status"], row["error"] = None, f"feedback: no answer within {self.timeout:g} s"
+            except NotSent as e:  # nothing left this machine: safe to send again
+                row["feedback_status"], row["error"] = None, f"feedback: {e}"
+                if await self._again(connections, attempt, not_sent=True):
+                    continue
                 break
-            except NoAnswer as e:  # the request never got an answer: safe to send again
-                row["feedback_status"], row["error"] = None, f"feedback: {type(e).__name__}: {e}"
-                await asyncio.sleep(0.05 * 2**attempt)
-                continue
+            except (TimeoutError, NoAnswer) as e:
+                # sent, and may have been counted: report it, never send it twice
+                what = f"no answer within {self.timeout:g} s" if isinstance(e, TimeoutError) else str(e)
+                row["feedback_status"] = None
+                row["error"] = f"feedback: {what}; {MAY_HAVE_COUNTED}"
+                break
             row["feedback_status"] = status
             if status == 200:
                 row["error"] = ""
@@ -217,9 +264,9 @@ class Replayer:
             row["error"] = f"feedback: {error}"
             # 503: the gateway could not reach the arm, nothing was counted - retry.
             # Anything else (a 504 may have been counted) is reported, not re-sent twice.
-            if status != 503:
+            failed += 1
+            if status != 503 or failed > self.retries or not await self._again(connections, attempt, False):
                 break
-            await asyncio.sleep(0.05 * 2**attempt)
         row["feedback_ms"] = (time.perf_counter() - start) * 1000
         return row
 
@@ -265,8 +312,12 @@ class Replayer:
         return pd.DataFrame(results, columns=LOG_COLUMNS)
 
 
+class NotSent(Exception):
+    """No connection could be opened (refused, unreachable): nothing was sent, safe to resend."""
+
+
 class NoAnswer(Exception):
-    """The request got no HTTP answer at all (refused, reset): nothing was counted, safe to resend."""
+    """The request went out but no HTTP answer came (reset, disconnected): it may have been processed."""
 
 
 class Connections:
@@ -283,18 +334,30 @@ class Connections:
             connector=aiohttp.TCPConnector(limit=4 * concurrency, keepalive_timeout=1.5),
             headers=JSON_HEADERS,
         )
+        self._unreachable_since: float | None = None  # first refused connection since the last answer
+
+    def unreachable_for(self) -> float:
+        """Seconds since connections started failing to open (0 while they open)."""
+        since = self._unreachable_since
+        return 0.0 if since is None else time.monotonic() - since
 
     async def post(self, url: str, body: bytes, timeout: float) -> tuple[int, bytes]:
-        """(status, payload); raises NoAnswer when no answer came, TimeoutError after ``timeout``."""
+        """(status, payload); raises NotSent, NoAnswer, or TimeoutError after ``timeout``."""
         try:
             async with self.session.post(
                 url, data=body, timeout=aiohttp.ClientTimeout(total=timeout)
             ) as response:
-                return response.status, await response.read()
+                payload = await response.read()
         except TimeoutError:
             raise  # the request may have arrived: the caller must not send it twice
+        except aiohttp.ClientConnectorError as e:  # before anything was written
+            if self._unreachable_since is None:
+                self._unreachable_since = time.monotonic()
+            raise NotSent(f"cannot connect to {url.split('/')[2]}: {e.os_error or e}") from e
         except aiohttp.ClientError as e:
             raise NoAnswer(f"{type(e).__name__}: {e}") from e
+        self._unreachable_since = None
+        return response.status, payload
 
     async def close(self) -> None:
         await self.session.close()
@@ -340,6 +403,7 @@ def replay(
     retries: int = 3,
     progress: bool = True,
     rate: float | None = None,
+    deadline: float = DEFAULT_DEADLINE,
 ) -> ReplayResult:
     """Replay the hold-out rows; return the per-request log (also written as CSV)."""
     if concurrency < 1:
@@ -351,7 +415,8 @@ def replay(
     endpoints = endpoints or Endpoints.local()
     rows = holdout_rows(seed, limit)
     started, start = time.time(), time.perf_counter()
-    log = Replayer(endpoints, feedback_via, retries).replay(rows, concurrency, progress, rate)
+    replayer = Replayer(endpoints, feedback_via, retries, deadline=deadline)
+    log = replayer.replay(rows, concurrency, progress, rate)
     seconds, finished = time.perf_counter() - start, time.time()
     if log_path is None:
         RUNS_DIR.mkdir(exist_ok=True)
@@ -393,7 +458,15 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--feedback-via", choices=["arm", "ingress"], default="arm")
     parser.add_argument("--log", help="CSV log path (default runs/feedback-<via>-<time>.csv)")
-    parser.add_argument("--retries", type=int, default=3)
+    parser.add_argument(
+        "--retries", type=int, default=3, help="retries of a failed prediction or of a feedback answered 503"
+    )
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=DEFAULT_DEADLINE,
+        help="seconds to keep retrying while the endpoints refuse connections (e.g. a restarting gateway)",
+    )
     parser.add_argument(
         "--rate", type=float, help="rows per second, like production traffic (default: as fast as possible)"
     )
@@ -416,6 +489,7 @@ def main(argv=None) -> int:
             args.log,
             args.retries,
             rate=args.rate,
+            deadline=args.deadline,
         )
     except (StackNotRunning, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -126,7 +126,7 @@ def with_token(token: str, position: int) -> str:
     """A well-formed request whose one value is a raw token such as NaN or a 400-digit integer."""
     row = [json.dumps(v) for v in ROW]
     row[position] = token
-    return '{"data": {"names": %s, "ndarray": [[%s]]}}' % (json.dumps(FEATURES), ", ".join(row))
+    return '{"data": {"names": %s, "ndarray": [[%s]]}}' % (json.dumps(FEATURES), ", ".join(row))  # noqa: UP031 (JSON braces)
 
 
 BIG = json.dumps(
@@ -164,7 +164,7 @@ def feedback_bodies(draw) -> str:
     if kind == 0:
         return json.dumps(draw(values))
     if kind == 1:  # a raw reward token: NaN, Infinity, 1e999, a string...
-        return '{"request": %s, "response": %s, "reward": %s}' % (
+        return '{"request": %s, "response": %s, "reward": %s}' % (  # noqa: UP031 (JSON braces)
             json.dumps(PREDICTION),
             json.dumps(good_response),
             draw(raw_tokens),
@@ -247,7 +247,7 @@ def test_hostile_feedback_gets_4xx_never_5xx_and_never_poisons_the_counters(priv
     @example(body='{"request": {"data": {"tensor": {}}}, "reward": 0.5}', content_type="application/json")
     @example(body='{"request": {"data": {"tftensor": []}}, "reward": 0.5}', content_type="application/json")
     @example(
-        body='{"request": %s, "reward": 1%s}' % (json.dumps(PREDICTION), "0" * 400),
+        body='{"request": %s, "reward": 1%s}' % (json.dumps(PREDICTION), "0" * 400),  # noqa: UP031 (JSON braces)
         content_type="application/json",
     )
     def check(body, content_type):
