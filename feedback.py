@@ -44,7 +44,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from serving import aio
-from serving.endpoints import Endpoints, StackNotRunning  # noqa: F401  (feedback.Endpoints: old callers)
+from serving.endpoints import Endpoints  # noqa: F401  (feedback.Endpoints: old callers)
+from serving.local import StackNotRunning
 from training.data import FEATURES, SEED, TARGET, load_wine_quality, split_holdout
 
 REPO = Path(__file__).resolve().parent

@@ -70,17 +70,19 @@ class Endpoints:
 
     @classmethod
     def local(cls, state_dir: str | Path | None = None) -> Endpoints:
-        """The endpoints of the running local stack; ``StackNotRunning`` when none is running."""
+        """The endpoints of the running local stack; ``serving.local.StackNotRunning`` when none is."""
         # imported here: serving.local may use this module, and a cluster client needs neither
         from serving import deployment as sdep
-        from serving.local import DEFAULT_STATE_DIR, LocalStack
+        from serving.local import DEFAULT_STATE_DIR, LocalStack, StackNotRunning
 
         stack = LocalStack(state_dir or DEFAULT_STATE_DIR)
-        if not stack.running() or not stack.state.get("ready"):
+        stack.require_running()
+        if not stack.state.get("ready"):
             raise StackNotRunning(
-                "no local stack is running: start it with `python -m serving.local up serving/model-a-b.yaml`"
+                f"the local stack in {stack.state_dir} is starting, not ready yet: "
+                "`python -m serving.local status` shows which process it waits for"
             )
-        manifest = sdep.load(stack.state["manifest"])
+        manifest = sdep.load(stack.manifest_path)
         return cls(
             gateway=stack.gateway_endpoint,
             namespace=stack.namespace,
@@ -88,11 +90,3 @@ class Endpoints:
             predictors={name: url.split("://", 1)[1] for name, url in stack.predictor_urls.items()},
             nodes={p.node: p.name for p in manifest.predictors},
         )
-
-
-try:
-    from serving.local import StackNotRunning
-except ImportError:  # until serving.local (helper H2's package) exports the one exception
-
-    class StackNotRunning(RuntimeError):
-        pass
