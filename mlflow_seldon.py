@@ -74,9 +74,8 @@ import mlflow
 import pandas as pd
 from IPython.display import Markdown, display
 
-import analysis
+import experiment
 import feedback
-import promotion
 from training import tracking
 from training.arms import ARMS
 from training.data import FEATURES, load_wine_quality, split_holdout
@@ -293,7 +292,7 @@ print(answer.response)
 # as fast as the stack answers.
 
 # %%
-baseline = analysis.mark(prometheus_url)  # Prometheus has read every counter: count from here
+baseline = experiment.wait_for_scrape(prometheus_url)  # Prometheus has read every counter: count from here
 replay = feedback.replay(
     endpoints,
     limit=REPLAY_LIMIT,
@@ -310,7 +309,7 @@ print(replay.summary())
 # `seldon_api_model_feedback_total` for the same arm — exactly, or this cell raises.
 
 # %%
-analysis.cross_check(replay.log, prometheus_url, since=baseline)
+experiment.cross_check(replay.log, prometheus_url, since=baseline)
 
 # %% [markdown]
 # ## 6. Analyse: a verdict with confidence
@@ -319,11 +318,12 @@ analysis.cross_check(replay.log, prometheus_url, since=baseline)
 # *Prediction Analytics* dashboard with its bugs fixed), run against Prometheus over the replay.
 
 # %%
-window = analysis.rate_window(SCRAPE_INTERVAL)
-frames = analysis.dashboard_frames(prometheus_url, start=replay.started, end=replay.finished, window=window)
-verdict = analysis.verdict(replay.log)
-for name, figure in analysis.figures(frames, verdict).items():
-    analysis.save(figure, name, IMAGES)
+frames = experiment.figure_frames(
+    prometheus_url, replay.started, replay.finished, scrape_interval=SCRAPE_INTERVAL
+)
+verdict = experiment.verdict(replay.log)
+for name, figure in experiment.figures(frames, verdict).items():
+    experiment.save(figure, name, IMAGES)
     display(figure)
 
 # %% [markdown]
@@ -336,10 +336,10 @@ for name, figure in analysis.figures(frames, verdict).items():
 # t-test on the rewards, and the sample size a test of this power needs:
 
 # %%
-analysis.stats_table(analysis.arm_stats(replay.log))
+experiment.stats_table(verdict.stats)
 
 # %%
-display(Markdown(f"**Verdict.** {verdict.sentence}"))
+display(Markdown(f"**Verdict.** {verdict.summary}"))
 
 # %% [markdown]
 # ## 7. The flaw in feedback through the ingress, measured
@@ -358,7 +358,7 @@ flawed = feedback.replay(
     log_path=Path(WORK_DIR) / "feedback-ingress.csv",
     progress=False,
 )
-attributed = analysis.attribution(flawed.log)
+attributed = experiment.attribution(flawed.log)
 print(attributed.summary())
 
 # %%
@@ -366,7 +366,7 @@ display(
     Markdown(
         f"Only **{attributed.fraction:.0%}** of the rewards reached the model that earned them; with "
         f"feedback to each arm's own endpoint (step 5) it was "
-        f"**{analysis.attribution(replay.log).fraction:.0%}**. A dashboard built on the mixed counters "
+        f"**{experiment.attribution(replay.log).fraction:.0%}**. A dashboard built on the mixed counters "
         "pulls both arms' mean rewards towards each other and hides the difference."
     )
 )
@@ -380,8 +380,8 @@ display(
 # requests the test needs. `python -m experiment rollback` undoes it.
 
 # %%
-outcome = promotion.promote(
-    replay.log, manifest=manifest, record=Path(WORK_DIR) / "promotions.json", state_dir=STATE_DIR
+outcome = experiment.promote(
+    replay.path, manifest=manifest, record=Path(WORK_DIR) / "promotions.json", state_dir=STATE_DIR
 )
 print(outcome)
 

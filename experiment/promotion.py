@@ -1,40 +1,47 @@
 """Promote the A/B test's winner - only when the verdict says there is one - and roll it back.
 
-    python promotion.py promote --log runs/feedback-arm-....csv [--manifest serving/model-a-b.yaml]
-    python promotion.py rollback [--manifest serving/model-a-b.yaml]
+    python -m experiment promote [--log LOG ...] [--manifest M]
+    python -m experiment rollback [--manifest M]
 
-``promote`` recomputes the verdict from the per-request log (``analysis.verdict``). When it is
-significant it (1) moves the registry alias ``champion`` to the model version the winning
+``promote`` recomputes the verdict from the per-request log(s) (``experiment.verdict``). When it
+is significant it (1) moves the registry alias ``champion`` to the model version the winning
 predictor serves, (2) writes traffic 100/0 into the SeldonDeployment (comments kept,
-``serving.deployment.set_traffic``) and (3) has a local stack running from that manifest apply it
-at once (its gateway also notices the edit by itself; on a cluster, ``kubectl apply -f`` the
+``serving.manifest.set_traffic``) and (3) has a local stack serving that manifest apply it at
+once (its gateway also notices the edit by itself; on a cluster, ``kubectl apply -f`` the
 manifest). When it is not significant it says so, and how many more requests the test needs,
 and changes nothing.
 
-Every promotion is recorded (the alias's previous target and the previous split) in a JSON file,
-by default ``runs/promotions.json``, so ``rollback`` can restore exactly what was there: the
-previous ``champion`` version, or no ``champion`` at all, and the previous split. Promotions
-stack: each ``rollback`` undoes the latest one for that manifest.
+The manifest it edits is a working copy, never the committed ``serving/model-a-b.yaml``: by
+default the one the running local stack serves (``LocalStack.manifest_path``), or
+``runs/model-a-b.yaml`` when no stack runs (copied from the committed file on first use).
+
+Every promotion is recorded (the log files, the alias's previous target and the previous split)
+in a JSON file, by default ``runs/promotions.json``, so ``rollback`` can restore exactly what was
+there: the previous ``champion`` version, or no ``champion`` at all, and the previous split.
+Promotions stack: each ``rollback`` undoes the latest one for that manifest.
 
 Exit status of the CLI: 0 done, 3 no decision (nothing changed), 1 error (nothing changed).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import analysis
+from experiment.log import REPO, RUNS, describe
+from experiment.verdict import Verdict, verdict
 from serving import deployment as sdep
+from serving.manifest import set_traffic
+from training.tracking import ModelNotFound, registered_version, tracking_uri
 
-REPO = Path(__file__).resolve().parent
-DEFAULT_MANIFEST = REPO / "serving" / "model-a-b.yaml"
-DEFAULT_RECORD = REPO / "runs" / "promotions.json"
+COMMITTED = REPO / "serving"
+TEMPLATE = COMMITTED / "model-a-b.yaml"
+WORKING_COPY = RUNS / "model-a-b.yaml"
+DEFAULT_RECORD = RUNS / "promotions.json"
 CHAMPION = "champion"
 
 
@@ -46,7 +53,7 @@ class PromotionError(RuntimeError):
 class Outcome:
     changed: bool
     message: str
-    verdict: analysis.Verdict | None = None
+    verdict: Verdict | None = None
     entry: dict | None = None  # what was recorded (promote) or restored (rollback)
     applied: dict | None = None  # the local gateway's answer, when a stack was running
 
@@ -63,31 +70,16 @@ class Outcome:
 def _client():
     from mlflow.tracking import MlflowClient
 
-    from training.tracking import tracking_uri
-
     return MlflowClient(tracking_uri())
 
 
 def model_version(model_uri: str) -> tuple[str, str]:
     """(registered model name, version) that a ``models:/name@alias`` or ``models:/name/N`` URI serves now."""
-    from mlflow.exceptions import MlflowException
-
-    if not model_uri.startswith("models:/"):
-        raise PromotionError(
-            f"modelUri {model_uri!r} is not a registry model (models:/<name>@<alias> or models:/<name>/<version>): "
-            "there is no version to make champion"
-        )
-    rest = model_uri[len("models:/") :]
     try:
-        if "@" in rest:
-            name, alias = rest.split("@", 1)
-            return name, str(_client().get_model_version_by_alias(name, alias).version)
-        name, _, number = rest.partition("/")
-        return name, str(_client().get_model_version(name, number).version)
-    except MlflowException as e:
-        raise PromotionError(
-            f"modelUri {model_uri}: not found in the registry ({e.message.splitlines()[0]})"
-        ) from e
+        found = registered_version(model_uri)
+    except ModelNotFound as e:
+        raise PromotionError(f"modelUri {e}: there is no version to make {CHAMPION}") from e
+    return found.name, str(found.version)
 
 
 def champion(name: str) -> str | None:
@@ -102,6 +94,45 @@ def _point_champion(name: str, version: str | None) -> None:
             _client().delete_registered_model_alias(name, CHAMPION)
     else:
         _client().set_registered_model_alias(name, CHAMPION, str(version))
+
+
+# ------------------------------------------------------------------------------ manifest
+def working_manifest(manifest: str | Path | None = None, state_dir: str | Path | None = None) -> Path:
+    """The manifest promotion edits: ``manifest`` if given, else the running local stack's working
+    copy, else ``runs/model-a-b.yaml`` (copied from ``serving/model-a-b.yaml`` on first use).
+
+    Refuses a manifest inside the repository's ``serving/`` folder: a promotion edits its file,
+    and the committed manifest must stay the 50/50 the next run starts from.
+    """
+    from serving.local import DEFAULT_STATE_DIR, LocalStack
+
+    if manifest is None:
+        stack = LocalStack(state_dir or DEFAULT_STATE_DIR)
+        if stack.running():
+            manifest = stack.manifest_path
+        else:
+            manifest = WORKING_COPY
+            if not manifest.exists():
+                manifest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(TEMPLATE, manifest)
+    manifest = Path(manifest)
+    if manifest.resolve().is_relative_to(COMMITTED.resolve()):
+        raise PromotionError(
+            f"{manifest} is a committed file of this repository; promotion edits a working copy "
+            f"instead: leave out --manifest (the running stack's copy, or {WORKING_COPY.relative_to(REPO)}), "
+            f"or pass a copy (cp {manifest} runs/)"
+        )
+    return manifest
+
+
+def apply_locally(manifest: Path, state_dir: str | Path | None) -> dict | None:
+    """Have a local stack serving ``manifest`` apply it now; None when no such stack runs."""
+    from serving.local import DEFAULT_STATE_DIR, LocalStack
+
+    stack = LocalStack(state_dir or DEFAULT_STATE_DIR)
+    if not stack.running() or stack.manifest_path.resolve() != manifest.resolve():
+        return None
+    return stack.reload()
 
 
 # ------------------------------------------------------------------------------ record
@@ -121,33 +152,22 @@ def _write_record(path: Path, record: dict) -> None:
     os.replace(tmp, path)  # atomic: an interrupted write never loses the history
 
 
-def history(manifest: str | Path = DEFAULT_MANIFEST, record: str | Path = DEFAULT_RECORD) -> list[dict]:
-    """The recorded promotions of ``manifest``, oldest first."""
-    return _read_record(Path(record)).get(str(Path(manifest).resolve()), [])
-
-
-# ------------------------------------------------------------------------------ stack
-def apply_locally(manifest: Path, state_dir: str | Path | None) -> dict | None:
-    """Have a local stack serving ``manifest`` apply it now; None when no such stack runs."""
-    from serving.local import DEFAULT_STATE_DIR, LocalStack
-
-    stack = LocalStack(state_dir or DEFAULT_STATE_DIR)
-    if not stack.running() or stack.state.get("manifest") != str(manifest.resolve()):
-        return None
-    return stack.reload()
-
-
 # ------------------------------------------------------------------------------ promote / rollback
 def promote(
     log,
-    manifest: str | Path = DEFAULT_MANIFEST,
-    record: str | Path = DEFAULT_RECORD,
+    manifest: str | Path | None = None,
+    record: str | Path | None = None,
     state_dir: str | Path | None = None,
     alpha: float = 0.05,
 ) -> Outcome:
-    """Make the winner champion and give it all the traffic - only if the verdict is significant."""
-    manifest, record = Path(manifest), Path(record)
-    result = analysis.verdict(log, alpha=alpha)
+    """Make the winner champion and give it all the traffic - only if the verdict is significant.
+
+    ``log``: a DataFrame, a CSV path, several paths or a glob (one experiment, pooled).
+    ``manifest``: see ``working_manifest``; ``record``: default ``runs/promotions.json``.
+    """
+    manifest = working_manifest(manifest, state_dir)
+    record = Path(record or DEFAULT_RECORD)
+    result = verdict(log, alpha=alpha)
     if not result.significant:
         return Outcome(False, f"nothing changed - {result.sentence}", result)
 
@@ -172,13 +192,13 @@ def promote(
 
     _point_champion(name, version)
     try:
-        old_split = sdep.set_traffic(manifest, split)
+        old_split = set_traffic(manifest, split)
     except Exception:
         _point_champion(name, previous)  # leave nothing half done
         raise
     entry = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "log": str(log) if isinstance(log, (str, Path)) else "<DataFrame>",
+        "log": describe(log),
         "verdict": result.sentence,
         "manifest": str(manifest.resolve()),
         "model": name,
@@ -207,8 +227,8 @@ def promote(
 
 
 def rollback(
-    manifest: str | Path = DEFAULT_MANIFEST,
-    record: str | Path = DEFAULT_RECORD,
+    manifest: str | Path | None = None,
+    record: str | Path | None = None,
     state_dir: str | Path | None = None,
     force: bool = False,
 ) -> Outcome:
@@ -217,7 +237,8 @@ def rollback(
     Refuses (changing nothing) when the alias or the split are no longer what that promotion left,
     since restoring would silently undo someone's later change; ``force`` restores anyway.
     """
-    manifest, record = Path(manifest), Path(record)
+    manifest = working_manifest(manifest, state_dir)
+    record = Path(record or DEFAULT_RECORD)
     document = _read_record(record)
     key = str(manifest.resolve())
     entries = document.get(key, [])
@@ -239,8 +260,12 @@ def rollback(
             + "; ".join(drift)
         )
 
-    sdep.set_traffic(manifest, entry["previous_split"])
     _point_champion(entry["model"], entry["previous_version"])
+    try:
+        set_traffic(manifest, entry["previous_split"])
+    except Exception:
+        _point_champion(entry["model"], current_version)  # leave nothing half done
+        raise
     entries.pop()
     if not entries:
         del document[key]
@@ -248,56 +273,11 @@ def rollback(
     applied = apply_locally(manifest, state_dir)
     message = (
         f"rolled back: {entry['model']}@{CHAMPION} -> {entry['previous_version'] or 'removed'} "
-        f"(was {entry['version']}); traffic {_split(entry['split'])} -> {_split(entry['previous_split'])} in {manifest}"
-        + (" (the local gateway applied it)" if applied else "")
+        f"(was {entry['version']}); traffic {_split(entry['split'])} -> {_split(entry['previous_split'])} "
+        f"in {manifest}" + (" (the local gateway applied it)" if applied else "")
     )
     return Outcome(True, message, None, entry, applied)
 
 
 def _split(split: dict) -> str:
     return "/".join(str(v) for v in split.values()) + " (" + ", ".join(split) + ")"
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    for command in ("promote", "rollback"):
-        sub = commands.add_parser(command)
-        sub.add_argument(
-            "--manifest",
-            default=str(DEFAULT_MANIFEST),
-            help="the SeldonDeployment YAML (default %(default)s)",
-        )
-        sub.add_argument(
-            "--record",
-            default=str(DEFAULT_RECORD),
-            help="where promotions are recorded (default %(default)s)",
-        )
-        sub.add_argument("--state-dir", help="the local stack's state folder (default .stack)")
-        if command == "promote":
-            sub.add_argument("--log", required=True, help="the feedback log (CSV) written by feedback.py")
-            sub.add_argument(
-                "--alpha", type=float, default=0.05, help="significance level (default %(default)s)"
-            )
-        else:
-            sub.add_argument(
-                "--force", action="store_true", help="restore even if alias or split changed since"
-            )
-    args = parser.parse_args(argv)
-    from training.tracking import use_local_store
-
-    use_local_store()
-    try:
-        if args.command == "promote":
-            outcome = promote(args.log, args.manifest, args.record, args.state_dir, args.alpha)
-        else:
-            outcome = rollback(args.manifest, args.record, args.state_dir, args.force)
-    except (PromotionError, analysis.LogError, sdep.DeploymentError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(outcome.message)
-    return 0 if outcome.changed or args.command == "rollback" else 3
-
-
-if __name__ == "__main__":
-    sys.exit(main())
