@@ -138,14 +138,21 @@ def interleaved(contenders: dict, rounds: int, shapes: list[tuple[str, int, int]
 
 
 # ------------------------------------------------------------------------------------ setup
-def prepare_store(workdir: Path) -> dict:
-    """A private tracking store with both arms trained by `mlflow run` (what the notebook does)."""
+def prepare_store(workdir: Path, tracking_uri: str | None = None) -> dict:
+    """A private tracking store with both arms trained by `mlflow run` (what the notebook does).
+
+    With ``tracking_uri``, the arms already registered there (aliases a and b) instead: the tests'
+    session store, so the smoke test does not train them a second time.
+    """
+    from training.arms import ARMS, train_arms
+    from training.tracking import EXPERIMENT, MODEL_NAME, registered_version
+
+    if tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+        return {alias: registered_version(f"models:/{MODEL_NAME}@{alias}") for alias in ARMS}
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = uri
     from mlflow.tracking import MlflowClient
-
-    from training.arms import train_arms
-    from training.tracking import EXPERIMENT
 
     # artifacts beside the private store, not in the repo's mlartifacts/
     MlflowClient(uri).create_experiment(EXPERIMENT, artifact_location=(workdir / "mlartifacts").as_uri())
@@ -501,6 +508,10 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-mlserver", action="store_true", help="do not install or run MLServer")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     parser.add_argument(
+        "--tracking-uri",
+        help="use the arms (aliases a, b) already registered in this MLflow store instead of training them",
+    )
+    parser.add_argument(
         "--notebook-stages",
         type=Path,
         default=NOTEBOOK_STAGES,
@@ -529,14 +540,17 @@ def main(argv=None) -> int:
     }
     t0 = time.perf_counter()
     try:
-        log(f"training both arms into a private tracking store ({workdir})")
-        versions = prepare_store(workdir)
+        if args.tracking_uri:
+            log(f"using the arms registered in {args.tracking_uri}")
+        else:
+            log(f"training both arms into a private tracking store ({workdir})")
+        versions = prepare_store(workdir, args.tracking_uri)
         from mlflow import artifacts
 
         from serving.local import LocalStack
 
         model_path = artifacts.download_artifacts(
-            f"models:/wines-classifier/{versions['a'].version}", dst_path=str(workdir / "model-a")
+            f"models:/{versions['a'].name}/{versions['a'].version}", dst_path=str(workdir / "model-a")
         )
         log("starting the local stack on free loopback ports")
         stack = LocalStack.up(stack_manifest(workdir), port=0, state_dir=workdir / "stack", timeout=240)

@@ -2,8 +2,8 @@
 
 The benchmark is a script nobody runs in the edit-test loop, so a refactor that breaks one of its
 imports (issue 10: part (c) crashed on a moved helper) would otherwise surface only in `make bench`.
-It trains into its own temporary store and starts its own stack on free ports; results go to a
-temporary file, never to the committed bench/results.json.
+It serves the session's trained arms (``--tracking-uri``) on a stack of its own, on free ports;
+results go to a temporary file, never to the committed bench/results.json.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ ROWS = 24  # hold-out rows replayed by each contender of part (c)
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 
-def run_bench(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+def run_bench(args: list[str], timeout: float = 420) -> subprocess.CompletedProcess:
     """Run the script; on a timeout, SIGTERM first so it stops the stack and servers it started."""
     with subprocess.Popen(
         [sys.executable, str(REPO / "bench" / "run.py"), *args],
@@ -50,7 +50,7 @@ def positive(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
-def test_every_part_runs_and_produces_numbers(tmp_path):
+def test_every_part_runs_and_produces_numbers(tmp_path, tracking_store, trained_arms):
     committed_before = COMMITTED.read_bytes() if COMMITTED.exists() else None
     stages = tmp_path / "notebook-stages.json"
     # the shape scripts/run_notebook.py writes
@@ -65,6 +65,7 @@ def test_every_part_runs_and_produces_numbers(tmp_path):
             "--skip-mlserver",
             "--notebook-stages", str(stages),
             "--out", str(out),
+            "--tracking-uri", tracking_store,
         ]
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-4000:]
