@@ -13,6 +13,9 @@ from training import tracking
 from training.arms import ARMS
 from training.data import FEATURES, load_wine_quality, split_holdout
 
+# every test here starts `mlflow run` (a few seconds each): not for the edit-test loop
+pytestmark = pytest.mark.slow
+
 
 def venv_env(**extra) -> dict:
     """The environment a reader has with the virtualenv activated: its python first on PATH."""
