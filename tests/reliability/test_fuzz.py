@@ -8,9 +8,11 @@ set ``FUZZ_SCALE=10`` (or more) for a longer, freshly random search on a develop
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
+import zlib
 
 import pytest
 import requests
@@ -275,3 +277,61 @@ def test_hostile_feedback_gets_4xx_never_5xx_and_never_poisons_the_counters(priv
         "reward": 0.5,
     }
     assert session.post(f"{base}/feedback", json=good, timeout=30).status_code == 200
+
+
+@st.composite
+def encoded_bodies(draw) -> tuple[bytes, str]:
+    """A body and the Content-Encoding it claims: compressed right, compressed then cut or padded,
+    or not compressed at all; codings the gateway decodes, others, lists and odd spellings."""
+    codings = ["gzip", "deflate", "GZIP", "x-gzip", "identity", "gzip, deflate", "br", "zstd", "compress", ""]
+    coding = draw(st.sampled_from([*codings, "gzip;q=1"]))
+    payload = draw(st.one_of(st.just(json.dumps(PREDICTION)), raw_predictions)).encode(
+        "utf-8", "surrogatepass"
+    )
+    how = draw(st.sampled_from(["gzip", "zlib", "raw deflate", "none"]))
+    if how == "gzip":
+        body = gzip.compress(payload)
+    elif how == "zlib":
+        body = zlib.compress(payload)
+    elif how == "raw deflate":
+        packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        body = packer.compress(payload) + packer.flush()
+    else:
+        body = payload
+    cut = draw(st.one_of(st.none(), st.integers(0, max(0, len(body) - 1))))
+    body = body[:cut] if cut is not None else body
+    return body + draw(st.binary(max_size=8)), coding
+
+
+@pytest.mark.parametrize("port", ["ingress", "predictor"])
+def test_hostile_content_encodings_get_4xx_never_5xx(private_stack, port):
+    base = (
+        private_stack.ingress_url
+        if port == "ingress"
+        else private_stack.predictor_urls["model-a"] + "/api/v1.0"
+    )
+    session = requests.Session()
+    seen = {"sent": 0, "status": {}}
+
+    @settings(max_examples=int(100 * SCALE), **FUZZ_SETTINGS)
+    @given(sent=encoded_bodies())
+    @example(sent=(b"not gzip", "gzip"))  # aiohttp's own decoding answered this with a 500 page
+    def check(sent):
+        body, coding = sent
+        response = session.post(
+            f"{base}/predictions",
+            data=body,
+            headers={"Content-Type": "application/json", "Content-Encoding": coding},
+            timeout=30,
+        )
+        seen["sent"] += 1
+        seen["status"][response.status_code] = seen["status"].get(response.status_code, 0) + 1
+        assert response.status_code < 500, (
+            f"{response.status_code} for {body[:100]!r} ({coding}): {response.text[:500]}"
+        )
+        if response.status_code != 200:
+            assert response.json()["status"]["info"], "a 4xx must say what is wrong"
+
+    check()
+    assert seen["status"].get(200) and any(400 <= s < 500 for s in seen["status"]), seen
+    still_serves(session, base)
