@@ -277,7 +277,8 @@ print(answer.response)
 # A request the model cannot answer gets a 400 that says why — never a 500:
 
 # %%
-# !curl -sS -X POST -H 'Content-Type: application/json' -d '{"data": {"ndarray": [[7.0, 0.27]]}}' $PREDICTIONS
+# !curl -sS -w '\nHTTP status %{http_code}\n' -X POST -H 'Content-Type: application/json' \
+#     -d '{"data": {"ndarray": [[7.0, 0.27]]}}' $PREDICTIONS
 
 # %% [markdown]
 # ## 5. Replay traffic and send feedback
@@ -396,7 +397,7 @@ if outcome.promoted:
     )
     print("100 requests after promotion, served by:", check.log["arm"].value_counts().to_dict())
 
-# %%
+# %% tags=["no-output"]
 if TARGET == "cluster" and outcome.promoted:  # the promoted split, rendered and applied again
     cluster_manifest.write_text(
         render.dump(

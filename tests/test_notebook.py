@@ -68,7 +68,7 @@ def test_committed_notebook_shows_every_cell(committed):
     texts = ["".join(o.get("text", "") for o in c.outputs) for c in shell]
     assert len(texts) == 2
     assert json.loads(texts[0])["meta"]["requestPath"]  # the prediction, naming the arm that answered
-    assert '"code": 400' in texts[1].replace("'", '"') or "400" in texts[1]
+    assert "HTTP status 400" in texts[1] and "11 features" in texts[1]  # a 400 that says why
 
 
 def test_committed_notebook_is_quiet(committed):
