@@ -54,9 +54,9 @@ SCRAPE_INTERVAL = 2  # seconds: the local stack's; kube-prometheus-stack scrapes
 # %% [markdown]
 # ## Prerequisites
 #
-# `make run` did the set-up: a virtualenv from `requirements.txt` (MLflow 2.22, seldon-core
-# 1.17.1 — the last Apache-2.0 release — and friends) and Prometheus from the system's package
-# manager. The tracking store is a SQLite file in the repo folder; the data set is the UCI Wine
+# `make run` did the set-up: a virtualenv from `requirements.lock` (exact versions of what
+# `requirements.txt` asks for: MLflow 2.22, seldon-core 1.17.1 — the last Apache-2.0 release —
+# and friends) and Prometheus from the system's package manager. The tracking store is a SQLite file in the repo folder; the data set is the UCI Wine
 # Quality data (white wines; Cortez et al. 2009, CC BY 4.0), downloaded once and cached.
 
 # %%
@@ -328,9 +328,11 @@ for name, figure in experiment.figures(frames, verdict).items():
     display(figure)
 
 # %% [markdown]
-# (The executor's latency histogram starts at a 5 ms bucket, Seldon's own bucket layout, so
-# latencies under 5 ms show up as interpolations inside that first bucket: the model servers
-# answer in well under 5 ms. `make bench` measures them exactly.)
+# (The latency figure reads the gateway's own histogram, `gateway_request_seconds`, whose buckets
+# start at 0.1 ms: Seldon's executor histogram, which the dashboard keeps, starts at 5 ms and
+# cannot tell apart model servers that answer in a few milliseconds. A window with too few
+# requests to place a quantile is left out, and the figure says so. `make bench` measures
+# latency request by request.)
 #
 # Curves invite eyeballing. The per-request log answers the actual question — is one arm's
 # mean reward higher, by more than chance explains? — with 95% confidence intervals, Welch's
