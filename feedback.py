@@ -435,7 +435,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     target = parser.add_argument_group("target (default: the local stack)")
     target.add_argument("--state-dir", help="the local stack's state folder (default .stack)")
-    target.add_argument("--ingress", help="cluster: host:port of the ingress (Istio gateway)")
+    target.add_argument(
+        "--ingress", help="cluster: host:port (or https://host:port) of the ingress (Istio gateway)"
+    )
     target.add_argument("--namespace", default="default")
     target.add_argument("--deployment", default="wines-classifier")
     target.add_argument(
@@ -443,7 +445,8 @@ def main(argv=None) -> int:
         action="append",
         default=[],
         metavar="NAME=HOST:PORT",
-        help="cluster: a predictor's own endpoint (its <sdep>-<predictor> Service); repeat per arm",
+        help="cluster: a predictor's own endpoint (its <sdep>-<predictor> Service, http unless the "
+        "address says https://); repeat per arm",
     )
     target.add_argument(
         "--node",
@@ -478,7 +481,10 @@ def main(argv=None) -> int:
             if not predictors:
                 parser.error("--ingress needs --predictor NAME=HOST:PORT for every arm")
             nodes = dict(n.split("=", 1) for n in args.node) or {name: name for name in predictors}
-            endpoints = Endpoints(args.ingress, args.namespace, args.deployment, predictors, nodes)
+            scheme, _, gateway = args.ingress.rpartition("://")
+            endpoints = Endpoints(
+                gateway, args.namespace, args.deployment, predictors, nodes, scheme=scheme or "http"
+            )
         else:
             endpoints = Endpoints.local(args.state_dir)
         result = replay(

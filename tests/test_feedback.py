@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+import pandas as pd
 import pytest
 
 import feedback
@@ -46,3 +47,17 @@ def test_a_negative_or_unreadable_deadline_is_refused():
         feedback.Replayer(nowhere(), deadline=-1)
     with pytest.raises(SystemExit):
         feedback.main(["--deadline", "soon"])
+
+
+def test_cli_cluster_mode_takes_a_url_and_reports_each_row_it_could_not_send(tmp_path, capsys):
+    ingress, arm = free_port(), free_port()
+    log = tmp_path / "log.csv"
+    code = feedback.main(
+        ["--ingress", f"http://127.0.0.1:{ingress}", "--predictor", f"model-a=127.0.0.1:{arm}"]
+        + ["--limit", "3", "--deadline", "0.3", "--log", str(log)]
+    )
+    out = capsys.readouterr().out
+    assert code == 2
+    assert "feedback accepted 0" in out and "failed 3" in out
+    assert out.count(f"cannot connect to 127.0.0.1:{ingress}") == 3, out
+    assert len(pd.read_csv(log)) == 3
