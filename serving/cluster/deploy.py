@@ -76,7 +76,8 @@ def _load_config(context: str | None) -> None:
     from kubernetes import config
 
     try:
-        config.load_kube_config(context=context)
+        # KUBECONFIG read now, not when the kubernetes package was imported
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), context=context)
     except (config.ConfigException, FileNotFoundError, TypeError) as kube_config_error:
         try:
             config.load_incluster_config()
