@@ -13,6 +13,7 @@ import pandas as pd
 
 import feedback
 from serving import aio
+from serving.endpoints import Endpoints
 from training.data import FEATURES, TARGET
 
 
@@ -25,7 +26,7 @@ class PacedReplay:
 
     def __init__(
         self,
-        endpoints: feedback.Endpoints,
+        endpoints: Endpoints,
         rate: float = 50,
         max_seconds: float = 120,
         max_rows: int = 20_000,

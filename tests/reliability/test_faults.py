@@ -35,6 +35,7 @@ import pytest
 import experiment
 import feedback
 from serving import prometheus
+from serving.endpoints import Endpoints
 from serving.prometheus import SCRAPE_INTERVAL_SECONDS
 from tests.reliability.load import PacedReplay
 
@@ -87,7 +88,7 @@ def check_books(stack, log, before_executor: dict, since: float) -> tuple[dict, 
 
 def test_kill_9_of_a_model_server_under_load_loses_at_most_one_scrape_of_its_counts(private_stack):
     stack, url = private_stack, private_stack.prometheus_url
-    endpoints = feedback.Endpoints.local(stack.state_dir)
+    endpoints = Endpoints.local(stack.state_dir)
     since = experiment.wait_for_scrape(url)
     before_executor = executor_feedback(url)
     victim = stack.status()["processes"]["model-b"]
@@ -136,7 +137,7 @@ def test_kill_9_of_a_model_server_under_load_loses_at_most_one_scrape_of_its_cou
 
 def test_kill_9_of_prometheus_under_load_keeps_every_count(private_stack):
     stack, url = private_stack, private_stack.prometheus_url
-    endpoints = feedback.Endpoints.local(stack.state_dir)
+    endpoints = Endpoints.local(stack.state_dir)
     since = experiment.wait_for_scrape(url)
     before_executor = executor_feedback(url)
     victim = stack.status()["processes"]["prometheus"]
@@ -164,7 +165,7 @@ GATEWAY_KILL_ROWS, GATEWAY_KILL_RATE = 600, 100  # 6 s of replay; the kill 2 s i
 
 def test_kill_9_of_the_gateway_mid_replay_loses_no_row_and_counts_each_feedback_once(private_stack, tmp_path):
     stack, url = private_stack, private_stack.prometheus_url
-    endpoints = feedback.Endpoints.local(stack.state_dir)
+    endpoints = Endpoints.local(stack.state_dir)
     since = experiment.wait_for_scrape(url)
     victim = stack.status()["processes"]["gateway"]
     with ThreadPoolExecutor(max_workers=1) as pool:

@@ -21,8 +21,8 @@ import pytest
 import requests
 
 import experiment
-import feedback
 from serving import prometheus
+from serving.endpoints import Endpoints
 from serving.local import stack_pids
 from tests.reliability.load import PacedReplay
 from tests.traffic import PREDICTION, metric_sum_by_predictor
@@ -127,9 +127,7 @@ def test_a_60_s_soak_at_a_fixed_rate_has_no_error_and_flat_memory(private_stack)
     stack, url = private_stack, private_stack.prometheus_url
     since = experiment.wait_for_scrape(url)
     processes = stack_processes(stack)
-    with PacedReplay(
-        feedback.Endpoints.local(stack.state_dir), rate=SOAK_RATE, max_seconds=SOAK_SECONDS + 5
-    ) as load:
+    with PacedReplay(Endpoints.local(stack.state_dir), rate=SOAK_RATE, max_seconds=SOAK_SECONDS + 5) as load:
         time.sleep(
             5
         )  # warm: first allocations, connection pools, Prometheus's first samples of the new series
