@@ -25,9 +25,8 @@ def predictors(m):
 
 
 def test_the_committed_manifest_is_valid():
-    assert (
-        sdep.validate_schema(GOOD) == []
-    )  # the project's schema (tests/serving/test_schema.py: and the CRD)
+    # the project's schema; tests/serving/test_schema.py holds it side by side with the CRD
+    assert sdep.validate_schema(GOOD) == []
     deployment = sdep.parse(GOOD)
     assert deployment.name == "wines-classifier" and deployment.namespace == "default"
     assert deployment.traffic == {"model-a": 50, "model-b": 50}
