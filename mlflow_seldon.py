@@ -43,13 +43,14 @@ STATE_DIR = ".stack"  # the local stack's pids, logs and Prometheus data
 WORK_DIR = "runs"  # the working copy of the manifest and the feedback logs
 IMAGES = "images"  # where the figures are saved
 
+SCRAPE_INTERVAL = None  # seconds between scrapes; None: the target's (local 2 s, the PodMonitor's 15 s)
+
 # cluster only (docs/cluster.md): where the models go, and how the notebook reaches the cluster
-BUCKET = "gs://my-bucket/mlflow-seldon"
-NAMESPACE = "seldon"
-STORAGE_SECRET = None  # the rclone Secret's name, for a private bucket
+BUCKET = "s3://my-bucket/mlflow-seldon"  # an existing bucket (docs/cluster.md, step 2 makes one)
+NAMESPACE = "seldon"  # created if missing, with the storage Secret in it
+STORAGE = "s3"  # rclone Secret from your credentials: s3, s3-iam, minio, gcs (None: a public gs://)
 INGRESS = "127.0.0.1:8080"  # kubectl port-forward -n istio-system svc/istio-ingressgateway 8080:80
-PROMETHEUS = "http://127.0.0.1:9090"  # kubectl port-forward -n monitoring svc/monitoring-kube-prometheus-prometheus 9090
-SCRAPE_INTERVAL = 2  # seconds: the local stack's; kube-prometheus-stack scrapes every 30 s
+PROMETHEUS = "http://127.0.0.1:9090"  # kubectl port-forward -n monitoring svc/prometheus-operated 9090
 
 # %% [markdown]
 # ## Prerequisites
@@ -67,7 +68,6 @@ warnings.filterwarnings("ignore", category=UserWarning)  # MLflow's notices abou
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 import logging
-import time
 from pathlib import Path
 
 import mlflow
@@ -166,18 +166,18 @@ display(
 
 # %%
 if TARGET == "cluster":
-    from serving.cluster import publish, render
+    from serving.cluster.target import ClusterTarget
 
-    published = publish.publish(BUCKET, manifest=MANIFEST)  # each arm's folder, checksummed
-    cluster_manifest = Path(WORK_DIR) / "model-a-b.cluster.yaml"
-    cluster_manifest.parent.mkdir(parents=True, exist_ok=True)
-    cluster_manifest.write_text(
-        render.dump(
-            render.render_deployment(
-                {uri: p.uri for uri, p in published.items()}, namespace=NAMESPACE, env_secret=STORAGE_SECRET
-            )
-        )
+    cluster = ClusterTarget(
+        namespace=NAMESPACE,
+        bucket=BUCKET,
+        storage=STORAGE,
+        ingress=INGRESS,
+        prometheus=PROMETHEUS,
+        work_dir=WORK_DIR,
+        scrape_interval=SCRAPE_INTERVAL,
     )
+    published = cluster.publish(MANIFEST)  # each arm's folder, copied and checksummed
     display(pd.Series({uri: p.uri for uri, p in published.items()}, name="modelUri on the cluster"))
 else:
     print("local target: the model servers read models:/ URIs from the registry, nothing to copy")
@@ -210,33 +210,18 @@ manifest.write_text(Path(MANIFEST).read_text())
 
 if TARGET == "local":
     from serving.local import LocalStack
+    from serving.prometheus import SCRAPE_INTERVAL_SECONDS
 
     stack = LocalStack.up(manifest, port=PORT, state_dir=STATE_DIR, replace=True)  # replaces a leftover stack
     manifest = stack.manifest_path  # the stack's own copy: promotion edits it, the gateway applies it
     endpoints = feedback.Endpoints.local(STATE_DIR)
     prometheus_url = stack.prometheus_url
+    scrape_interval = SCRAPE_INTERVAL or SCRAPE_INTERVAL_SECONDS  # the stack's Prometheus
 else:  # the same file, rendered with bucket URIs, applied with the Kubernetes client (= kubectl apply -f)
-    import subprocess
-
-    from serving.cluster import deploy
-    from serving.cluster import endpoints as cluster
-
-    deploy.deploy(cluster_manifest)  # create or replace, then wait until Available
-    where = cluster.cluster_endpoints(cluster_manifest, ingress=INGRESS)
-    # each arm's own Service, reached through a port-forward (stopped in the clean-up)
-    forwards = [
-        subprocess.Popen(c.split(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for c in where.port_forward_commands()
-    ]
-    time.sleep(3)
-    endpoints = feedback.Endpoints(
-        gateway=INGRESS,
-        namespace=NAMESPACE,
-        deployment=where.deployment,
-        predictors={p: url.split("://", 1)[1] for p, url in where.predictor_urls.items()},
-        nodes=where.nodes,
-    )
-    prometheus_url = PROMETHEUS
+    print(cluster.prepare())  # the namespace, and the storage Secret in it (from this shell's credentials)
+    cluster.deploy(manifest)  # render the working copy for the cluster, create or replace, wait
+    endpoints = cluster.connect()  # port-forward each arm's Service; returns once every one answers
+    prometheus_url, scrape_interval = cluster.prometheus, cluster.scrape_interval
 print(
     f"ingress: http://{endpoints.gateway}/seldon/{endpoints.namespace}/{endpoints.deployment}/api/v1.0/predictions"
 )
@@ -320,7 +305,7 @@ experiment.cross_check(replay.log, prometheus_url, since=baseline)
 
 # %%
 frames = experiment.figure_frames(
-    prometheus_url, replay.started, replay.finished, scrape_interval=SCRAPE_INTERVAL
+    prometheus_url, replay.started, replay.finished, scrape_interval=scrape_interval
 )
 verdict = experiment.verdict(replay.log)
 for name, figure in experiment.figures(frames, verdict).items():
@@ -388,6 +373,10 @@ outcome = experiment.promote(
 )
 print(outcome)
 
+# %% tags=["no-output"]
+if TARGET == "cluster" and outcome.promoted:  # the promoted working copy, rendered and applied again
+    cluster.deploy(manifest)  # before measuring it: until then the cluster still splits 50/50
+
 # %%
 if outcome.promoted:
     check = feedback.replay(
@@ -399,23 +388,9 @@ if outcome.promoted:
     )
     print("100 requests after promotion, served by:", check.log["arm"].value_counts().to_dict())
 
-# %% tags=["no-output"]
-if TARGET == "cluster" and outcome.promoted:  # the promoted split, rendered and applied again
-    cluster_manifest.write_text(
-        render.dump(
-            render.render_deployment(
-                {uri: p.uri for uri, p in published.items()},
-                namespace=NAMESPACE,
-                env_secret=STORAGE_SECRET,
-                source=manifest,
-            )
-        )
-    )
-    deploy.deploy(cluster_manifest)
-
 # %% [markdown]
 # On a cluster the same change is a `kubectl apply -f` of the promoted manifest, which the cell
-# above does with the Kubernetes client; Seldon's operator updates Istio's weights.
+# before the check does with the Kubernetes client; Seldon's operator updates Istio's weights.
 #
 # ## 9. Clean up
 #
@@ -427,7 +402,5 @@ if TARGET == "local":
     stopped = stack.down()
     print(f"stopped {len(stopped)} processes")
 else:
-    for forward in forwards:
-        forward.terminate()
-    deploy.delete(where.deployment, NAMESPACE)
-    print(f"deleted SeldonDeployment {NAMESPACE}/{where.deployment}; the models stay in {BUCKET}")
+    cluster.close()  # stops the port-forwards, deletes the SeldonDeployment
+    print(f"deleted SeldonDeployment {NAMESPACE}/{endpoints.deployment}; the models stay in {BUCKET}")

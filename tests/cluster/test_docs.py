@@ -142,3 +142,22 @@ def test_the_curl_example_sends_the_models_features():
 
     data = json.loads(body)["data"]
     assert data["names"] == FEATURES and len(data["ndarray"][0]) == len(FEATURES)
+
+
+def test_the_doc_ends_with_what_the_stand_in_proves_and_what_only_a_cluster_can():
+    checklist = TEXT[TEXT.index("### Checklist") :]
+    proven, only_real = checklist.split("Only a real cluster can check")
+    assert proven.count("- [x]") >= 3 and only_real.count("- [ ]") >= 5
+    for part in ("image", "rclone", "Istio", "Grafana"):
+        assert part in only_real, f"the checklist does not say {part} needs a real cluster"
+    assert "tests/cluster/standin.py" in TEXT and "not Kubernetes" in TEXT
+    smoke = [c for c in commands() if c.startswith("python -m serving.cluster smoke")]
+    assert smoke and "--ingress" in smoke[0] and "--prometheus" in smoke[0]
+
+
+def test_the_doc_makes_the_bucket_and_never_drops_the_secret_for_s3():
+    assert "aws s3 mb s3://" in TEXT and "gcloud storage buckets create" in TEXT
+    assert "helm install minio" in TEXT and "minio.minio.svc.cluster.local:9000" in TEXT
+    assert "Drop `--secret`" not in TEXT
+    assert "rclone-secret s3-iam" in TEXT
+    assert "ISTIO_VERSION=" in TEXT and "--platform linux/amd64" in TEXT
