@@ -17,19 +17,18 @@ the CLI make: render, dump, write.
 from __future__ import annotations
 
 import io
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
-from ruamel.yaml import YAML
 
 from serving import deployment as sdep
 from serving import manifest
 from serving.cluster import REPO, ClusterError, rclone
 from serving.cluster.buckets import split_bucket_uri
+from serving.manifest import plain
 
 __all__ = ["REPO", "ClusterError", "render_deployment", "write_deployment", "dump", "plain", "differences"]
 
@@ -41,18 +40,9 @@ GENERATED_HEADER = (
 
 
 # --------------------------------------------------------------------------------- deployment
-def _round_trip() -> YAML:
-    return manifest.round_trip()  # the project's one ruamel set-up (serving/manifest.py)
-
-
 def load_plain(source: str | Path = LOCAL_MANIFEST) -> dict:
     """A manifest file as plain data (the local one by default)."""
-    return plain(_round_trip().load(Path(source).read_text()))
-
-
-def plain(node: Any) -> Any:
-    """ruamel's commented containers -> plain dicts and lists (what json, jsonschema and k8s want)."""
-    return json.loads(json.dumps(node))
+    return plain(manifest.load(source))
 
 
 def render_deployment(
@@ -70,7 +60,7 @@ def render_deployment(
     """
     source = Path(source)
     try:
-        document = _round_trip().load(source.read_text())
+        document = manifest.load(source)
     except OSError as e:
         raise ClusterError(f"{source}: cannot read the manifest ({e.strerror})") from e
     local = sdep.parse(plain(document), source=str(source), crd=crd, local=False)
@@ -126,7 +116,7 @@ def dump(document) -> str:
     if isinstance(document, (dict, list)) and not hasattr(document, "ca"):
         yaml.dump(document, out, Dumper=_BlockDumper, sort_keys=False, default_flow_style=False, width=120)
     else:
-        _round_trip().dump(document, out)
+        manifest.round_trip().dump(document, out)  # the project's one ruamel set-up
     return out.getvalue()
 
 
