@@ -57,8 +57,9 @@ PROMETHEUS = "http://127.0.0.1:9090"  # kubectl port-forward -n monitoring svc/p
 #
 # `make run` did the set-up: a virtualenv from `requirements.lock` (exact versions of what
 # `requirements.txt` asks for: MLflow 2.22, seldon-core 1.17.1 — the last Apache-2.0 release —
-# and friends) and Prometheus from the system's package manager. The tracking store is a SQLite file in the repo folder; the data set is the UCI Wine
-# Quality data (white wines; Cortez et al. 2009, CC BY 4.0), downloaded once and cached.
+# and friends) and Prometheus from the system's package manager. The tracking store is a SQLite
+# file in the repo folder; the data set is the UCI Wine Quality data (white wines; Cortez et al.
+# 2009, CC BY 4.0), downloaded once and cached.
 
 # %%
 # %matplotlib inline
