@@ -30,8 +30,6 @@ import yaml
 
 from tests.conftest import REPO
 
-pytestmark = [pytest.mark.stack, pytest.mark.slow]
-
 README = REPO / "README.md"
 SECTION = "## Using the pieces by hand"
 MODEL = "wines-classifier"
@@ -330,6 +328,8 @@ def without_comment(command: str) -> str:
     return re.sub(r"\s+#\s.*$", "", command)
 
 
+@pytest.mark.stack
+@pytest.mark.slow
 def test_by_hand_section_runs_as_written_and_edits_no_committed_file(tmp_path):
     root = copy_of_repository(tmp_path / "repo")
     session = Session(root, environment())
