@@ -23,8 +23,8 @@ an arm's endpoint; tests/reliability checks the bodies are identical). Only the 
 differs: SeldonClient opens a new connection with a new ``requests`` session for every call,
 and its protobuf round trips are pure Python here - about 3 ms of client CPU per row, which made
 the client, not the servers, the bottleneck (bench/README.md). The replay keeps one connection
-per endpoint alive per row in flight, on one asyncio event loop (``Connections``: the gateway's
-lean HTTP/1.1 client), ``concurrency`` rows in flight.
+per endpoint alive per row in flight, on one asyncio event loop (``serving.client``: the messages
+and the keep-alive connections), ``concurrency`` rows in flight.
 """
 
 from __future__ import annotations
@@ -38,12 +38,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from serving import aio
+from serving.client import (
+    Connections,
+    NoAnswer,
+    NotSent,
+    feedback_message,
+    first_value,
+    prediction_request,
+)
 from serving.endpoints import Endpoints  # noqa: F401  (feedback.Endpoints: old callers)
 from serving.local import StackNotRunning
 from training.data import FEATURES, SEED, TARGET, load_wine_quality, split_holdout
@@ -58,7 +65,6 @@ REWARD_FLOOR = 1e-6
 # gateway (about 2 s) with room for a busy machine; a stack that stays down fails the rows after it
 DEFAULT_DEADLINE = 30.0
 MAY_HAVE_COUNTED = "it may have been counted, so it was not sent again"
-JSON_HEADERS = {"Content-Type": "application/json"}
 LOG_COLUMNS = [
     "request_id",
     "arm",
@@ -193,7 +199,7 @@ class Replayer:
             "attempts": 0,
             "error": "",
         }
-        request = prediction_request(features)
+        request = prediction_request(features, FEATURES)
         # 1. predict through the ingress
         start = time.perf_counter()
         response, status, error, failed = None, None, "", 0
@@ -230,7 +236,7 @@ class Replayer:
             row["error"] = f"response names no known graph node in meta.requestPath: {path}"
             return row
         try:
-            row["prediction"] = _first_value(response)
+            row["prediction"] = first_value(response)
         except (KeyError, IndexError, TypeError, ValueError) as e:
             row["error"] = f"the prediction holds no number: {type(e).__name__}: {e}"
             return row
@@ -311,80 +317,6 @@ class Replayer:
         # aio.run gives it a loop of its own, in a thread when a notebook's kernel already runs one
         results = aio.run(self._replay(features, truths, ids, concurrency, progress, rate))
         return pd.DataFrame(results, columns=LOG_COLUMNS)
-
-
-class NotSent(Exception):
-    """No connection could be opened (refused, unreachable): nothing was sent, safe to resend."""
-
-
-class NoAnswer(Exception):
-    """The request went out but no HTTP answer came (reset, disconnected): it may have been processed."""
-
-
-class Connections:
-    """Keep-alive HTTP(S) connections for the replays of one event loop (an aiohttp session).
-
-    SeldonClient's REST transport opens a new ``requests`` session and connection per call; with
-    8 rows in flight on one loop and connections kept alive, the client needs about a tenth of
-    the CPU per row (bench/README.md), and still sends exactly SeldonClient's messages.
-    """
-
-    def __init__(self, concurrency: int):
-        # kept-alive connections are dropped after 1.5 s, before gunicorn (2 s) closes them
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=4 * concurrency, keepalive_timeout=1.5),
-            headers=JSON_HEADERS,
-        )
-        self._unreachable_since: float | None = None  # first refused connection since the last answer
-
-    def unreachable_for(self) -> float:
-        """Seconds since connections started failing to open (0 while they open)."""
-        since = self._unreachable_since
-        return 0.0 if since is None else time.monotonic() - since
-
-    async def post(self, url: str, body: bytes, timeout: float) -> tuple[int, bytes]:
-        """(status, payload); raises NotSent, NoAnswer, or TimeoutError after ``timeout``."""
-        try:
-            async with self.session.post(
-                url, data=body, timeout=aiohttp.ClientTimeout(total=timeout)
-            ) as response:
-                payload = await response.read()
-        except TimeoutError:
-            raise  # the request may have arrived: the caller must not send it twice
-        except aiohttp.ClientConnectorError as e:  # before anything was written
-            if self._unreachable_since is None:
-                self._unreachable_since = time.monotonic()
-            raise NotSent(f"cannot connect to {url.split('/')[2]}: {e.os_error or e}") from e
-        except aiohttp.ClientError as e:
-            raise NoAnswer(f"{type(e).__name__}: {e}") from e
-        self._unreachable_since = None
-        return response.status, payload
-
-    async def close(self) -> None:
-        await self.session.close()
-
-
-def prediction_request(features: np.ndarray) -> dict:
-    """What ``SeldonClient.predict(data=features, names=FEATURES, payload_type="ndarray")`` posts.
-
-    SeldonClient builds a SeldonMessage proto and converts it to this JSON; the dict is built
-    directly here (tests/reliability checks both are the same).
-    """
-    return {"data": {"names": FEATURES, "ndarray": features.tolist()}, "meta": {}}
-
-
-def feedback_message(request: dict, response: dict, reward_value: float) -> dict:
-    """What ``SeldonClient.feedback(prediction_request, prediction_response, reward)`` posts: a
-    Feedback message holding the request, the response as the server sent it, and the reward."""
-    return {"request": request, "response": response, "reward": reward_value}
-
-
-def _first_value(response: dict) -> float:
-    data = response["data"]
-    if "tensor" in data:
-        return float(data["tensor"]["values"][0])
-    value = data["ndarray"][0]
-    return float(value[0] if isinstance(value, list) else value)
 
 
 def holdout_rows(seed: int = SEED, limit: int | None = None) -> pd.DataFrame:

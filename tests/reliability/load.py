@@ -13,6 +13,7 @@ import pandas as pd
 
 import feedback
 from serving import aio
+from serving.client import Connections
 from serving.endpoints import Endpoints
 from training.data import FEATURES, TARGET
 
@@ -45,7 +46,7 @@ class PacedReplay:
 
     async def _run(self) -> None:
         semaphore = asyncio.Semaphore(self.in_flight)
-        connections = feedback.Connections(self.in_flight)
+        connections = Connections(self.in_flight)
         try:
 
             async def row(i: int) -> None:

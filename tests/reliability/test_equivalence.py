@@ -19,6 +19,7 @@ from seldon_core.utils import (
 )
 
 import feedback
+from serving import client
 from serving.mlflow_server import MLFlowServer
 from training.data import FEATURES, TARGET
 
@@ -37,11 +38,11 @@ def test_the_prediction_request_is_the_one_seldon_client_builds(rows):
                 data=array_to_grpc_datadef("ndarray", features, names=FEATURES), meta=meta
             )
         )
-        assert feedback.prediction_request(features) == expected
+        assert client.prediction_request(features, FEATURES) == expected
 
 
 def test_the_feedback_is_the_one_seldon_client_builds(rows):
-    request = feedback.prediction_request(rows[:1])
+    request = client.prediction_request(rows[:1], FEATURES)
     response = {
         "data": {"names": ["t:0"], "ndarray": [5.57]},
         "meta": {"requestPath": {"model-a": "img:tag"}, "puid": "abc"},
@@ -52,7 +53,7 @@ def test_the_feedback_is_the_one_seldon_client_builds(rows):
         response=json_to_seldon_message(response),
         reward=0.61,
     )
-    ours = feedback.feedback_message(request, response, 0.61)
+    ours = client.feedback_message(request, response, 0.61)
     # the server parses both into the same Feedback message
     assert json_to_feedback(ours) == json_to_feedback(feedback_to_json(proto))
 
