@@ -13,6 +13,8 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 # MLflow warns about git when the repo is not a git checkout (a downloaded zip); harmless
 export GIT_PYTHON_REFRESH := quiet
 FAST := not stack and not notebook and not slow
+# `make setup INSTALLER=pip` installs the same lock with pip alone (what happens anyway when uv cannot be had)
+INSTALLER ?= uv
 
 .PHONY: setup prometheus run train test test-fast lint bench readme lock down clean help
 
@@ -32,20 +34,24 @@ help:
 setup: $(STAMP) prometheus
 
 # uv installs the lock in seconds; uv itself comes from PyPI at the lock's version and hashes. Where uv
-# cannot be had, pip installs the same lock (slower). The project's own modules go in last, without
-# dependencies: a hash-checked lock cannot hold an editable install.
+# cannot be had, pip installs the same lock (slower), with --no-deps: the lock lists every package, and
+# pip's hash mode otherwise trips over extras (jupyter-events wants jsonschema[format-nongpl]); pip check
+# then proves the set complete. The project's own modules go in last, without dependencies: a
+# hash-checked lock cannot hold an editable install.
 $(STAMP): $(LOCK) pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "error: Python 3.11 or newer is needed ($(PYTHON) is $$($(PYTHON) --version 2>&1)); try make PYTHON=python3.11" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@if sed -n '/^uv==/,/# via/p' $(LOCK) | $(BIN)/python -m pip install --quiet --require-hashes -r /dev/stdin \
+	@if [ "$(INSTALLER)" = uv ] \
+	    && sed -n '/^uv==/,/# via/p' $(LOCK) | $(BIN)/python -m pip install --quiet --require-hashes -r /dev/stdin \
 	    && $(BIN)/uv --version > /dev/null; then \
 	  echo "installing $(LOCK) with $$($(BIN)/uv --version)"; \
 	  $(BIN)/uv pip sync --quiet --python $(BIN)/python --require-hashes $(LOCK) \
 	    && $(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation -e .; \
 	else \
-	  echo "uv is not available: installing $(LOCK) with pip (slower)"; \
-	  $(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK) \
+	  echo "installing $(LOCK) with pip (slower; uv was not asked for or could not be had)"; \
+	  $(BIN)/python -m pip install --quiet --no-deps --require-hashes -r $(LOCK) \
+	    && $(BIN)/python -m pip check \
 	    && $(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .; \
 	fi
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 > /dev/null
