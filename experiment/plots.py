@@ -28,6 +28,7 @@ STYLES = dict(zip(QUANTILES, ("-", "--", ":"), strict=True))
 
 
 def _figure(title: str, ylabel: str, columns: int = 1, width: float = 8):
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
     from matplotlib.figure import Figure  # not pyplot: no global state, nothing shown twice
 
     fig = Figure(figsize=(width, 3.6), layout="constrained")
@@ -36,8 +37,28 @@ def _figure(title: str, ylabel: str, columns: int = 1, width: float = 8):
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     ax.set_xlabel("time (UTC)")
+    locator = AutoDateLocator(maxticks=7)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
     ax.grid(alpha=0.3)
     return fig, axes if columns > 1 else ax
+
+
+def _quantile_buckets(shares: pd.Series, n: int) -> str:
+    """Where each quantile lies, as the bucket that holds it ("p90 3-5 ms"): what a histogram can say."""
+    parts = []
+    bounds = [0.0, *shares.index]
+    for q in QUANTILES:
+        if n * (1 - q) < MIN_TAIL:
+            parts.append(f"p{q * 100:g}: too few")
+            continue
+        reached = np.flatnonzero(shares.to_numpy() >= q)
+        if not len(reached):
+            parts.append(f"p{q * 100:g} > {bounds[-1] * 1000:g} ms")
+            continue
+        i = reached[0]
+        parts.append(f"p{q * 100:g} {bounds[i] * 1000:g}-{bounds[i + 1] * 1000:g} ms")
+    return " · ".join(parts)
 
 
 def _check_frames(frames: dict[str, pd.DataFrame], *keys: str) -> None:
@@ -144,12 +165,13 @@ def plot_latency(frames: dict[str, pd.DataFrame]):
     if not shares.empty:
         n = shares.attrs.get("n", {})
         for arm, values in shares.items():
+            count = n.get(arm, 0)
             dist.plot(
                 shares.index * 1000,
                 values,
                 "o-",
                 color=colours.get(arm, "grey"),
-                label=f"{arm} (n={n.get(arm, 0):,})",
+                label=f"{arm} (n={count:,})\n{_quantile_buckets(values, count)}",
             )
         for q in QUANTILES:
             dist.axhline(q, color="grey", linestyle=STYLES[q], linewidth=0.8)
@@ -164,7 +186,7 @@ def plot_latency(frames: dict[str, pd.DataFrame]):
             )
         dist.set_xscale("log")
         dist.set_ylim(0, 1.02)
-        dist.legend(fontsize="small", loc="lower right")
+        dist.legend(fontsize="x-small", loc="lower right")
     return fig
 
 

@@ -207,19 +207,15 @@ def scrape_rates(
     ``attrs["partial"]`` flags the intervals only partly inside [start, end] (the first and last:
     they hold the replay's start and end, so they show part of its pace).
     """
-    series_list = _raw_samples(
-        url,
-        f"{metric}{selector(deployment, **matchers)}",
-        start - 3 * scrape_interval,
-        end + 3 * scrape_interval,
-    )
-    # every series of one target shares that target's scrape times: the intervals' edges
+    since, at = start - 3 * scrape_interval, end + 3 * scrape_interval
+    series_list = _raw_samples(url, f"{metric}{selector(deployment, **matchers)}", since, at)
+    # each target's scrapes (its `up` samples) are the intervals' edges
     scrapes: dict[str, list[float]] = defaultdict(list)
-    for series in series_list:
-        scrapes[series["metric"].get("instance", "")] += [t for t, _ in series["values"]]
+    for up in _raw_samples(url, "up", since, at):
+        scrapes[up["metric"].get("instance", "")] += [t for t, _ in up["values"]]
     previous_scrape = {}  # (target, scrape time) -> the target's scrape before it
     for target, times in scrapes.items():
-        times[:] = sorted(set(times))
+        times.sort()
         previous_scrape.update({(target, t): before for before, t in zip(times, times[1:], strict=False)})
     counts: dict[str, dict[tuple[str, float], float]] = defaultdict(dict)  # arm -> interval -> added
     for series in series_list:
@@ -227,10 +223,11 @@ def scrape_rates(
         for t in scrapes[target][1:]:  # an arm whose counters did not move counted 0, not "missing"
             counts[arm].setdefault((target, t), 0.0)
         values = series["values"]
-        # a series first seen after its target's first scrape in range was born in between, at 0
+        # a series whose first sample comes after its target's first scrape in range was born in
+        # between (a label set's first request), at 0
         previous = 0.0 if values[0][0] > scrapes[target][0] else None
         for t, v in values:
-            if previous is not None:
+            if previous is not None and (target, t) in previous_scrape:
                 counts[arm][(target, t)] += v - previous if v >= previous else v
             previous = v
     columns, partial = {}, {}

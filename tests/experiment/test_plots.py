@@ -72,7 +72,9 @@ def test_latency_quantiles_need_enough_requests_in_the_window(tmp_path):
     # the whole replay's distribution: the measured points at the bucket bounds, per arm, with n
     dist = few.axes[1]
     curves = [line for line in dist.get_lines() if line.get_label().startswith("model-")]
-    assert [c.get_label() for c in curves] == ["model-a (n=985)", "model-b (n=975)"]
+    assert [c.get_label().split("\n")[0] for c in curves] == ["model-a (n=985)", "model-b (n=975)"]
+    # each quantile as the bucket that holds it; p99 of under 1,000 requests is not given
+    assert curves[0].get_label().split("\n")[1] == "p50 0.75-1 ms · p90 1.5-2 ms · p99: too few"
     assert list(curves[0].get_xdata()) == pytest.approx([b * 1000 for b in BUCKETS])
     assert dist.get_xscale() == "log"
     experiment.save(few, "latency", tmp_path)
