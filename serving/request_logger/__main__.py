@@ -1,0 +1,3 @@
+from serving.request_logger.sink import main
+
+main()
