@@ -11,6 +11,17 @@ are gunicorn applications built from ``gunicorn_utils.StandaloneApplication``; w
 host of their ``bind`` setting to ``SELDON_BIND_HOST`` (default 127.0.0.1) after seldon-core has
 set it. gRPC and the Flask debug server cannot be rebound this way, so they are switched off.
 
+The model is loaded before the REST port is bound (gunicorn's ``preload_app``), not in the
+worker after it: a restarted model server used to accept connections for the seconds its
+worker spent loading the model, so the gateway's requests waited and timed out (504) instead
+of being refused at once (503), as a not-yet-ready pod gets no traffic on a cluster.
+
+To stop it, send SIGTERM to this process only, as the kubelet signals a container's PID 1
+(``serving.local.processes.stop_groups`` does, then SIGKILLs the group after a grace period).
+SIGTERM to its whole process group also reaches the ``multiprocessing.Manager`` that holds the
+metrics; it dies first, and each gunicorn worker's exit hook (``seldon_metrics.clear()``) then
+logs a ConnectionRefusedError traceback.
+
 One more difference: JSON nested thousands of levels deep makes Flask's parser raise
 RecursionError, which seldon-core turns into a 500; here it is the 400 it deserves. So is a
 feedback body that is valid JSON but not an object (``false``, ``3``) or whose reward no float
@@ -48,6 +59,9 @@ _load_config = gunicorn_utils.StandaloneApplication.load_config
 def _load_config_on_host(self) -> None:
     _load_config(self)
     self.cfg.set("bind", [_on_host(address) for address in self.cfg.bind])
+    if isinstance(self, gunicorn_utils.UserModelApplication):
+        # load the model before binding the port (see the module's docstring)
+        self.cfg.set("preload_app", True)
 
 
 def _on_host(address: str) -> str:
@@ -75,7 +89,8 @@ _json_to_feedback = wrapper.json_to_feedback
 def _json_to_feedback_of_an_object(message_json):
     if not isinstance(message_json, dict):
         raise SeldonMicroserviceException(
-            f"feedback must be a JSON object with 'request', 'response' and 'reward', got {type(message_json).__name__}",
+            "feedback must be a JSON object with 'request', 'response' and 'reward', "
+            f"got {type(message_json).__name__}",
             status_code=400,
             reason="MICROSERVICE_BAD_DATA",
         )

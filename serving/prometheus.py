@@ -90,7 +90,7 @@ def _get(base_url: str, path: str, params: dict, timeout: float) -> dict:
     try:
         body = response.json()
     except ValueError:
-        raise PrometheusError(f"Prometheus answered {response.status_code}: {response.text[:200]}")
+        raise PrometheusError(f"Prometheus answered {response.status_code}: {response.text[:200]}") from None
     if body.get("status") != "success":
         raise PrometheusError(f"query {params.get('query')!r} failed: {body.get('error', body)}")
     return body["data"]
