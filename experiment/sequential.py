@@ -218,8 +218,8 @@ def running_difference(y, treated, x_control=None, x_treatment=None) -> Running:
     request whichever arm served it (so they cannot depend on the assignment). Arm k's adjusted
     mean is ȳ_k - θ_k(x̄_k - μ_k), θ_k = cov_k(y, x_k)/var_k(x_k) within arm k, μ_k the mean of
     x_k over all requests so far. Its variance is the residual variance (s²_y - θ_k² s²_x)/n_k
-    per arm, plus Var(θ_t x_t - θ_c x_c)/N for the covariate means estimated from all N requests
-    (Lin 2013, Theorem 2's asymptotic variance).
+    per arm (on n_k - 2 degrees of freedom), plus Var(θ_t x_t - θ_c x_c)/N for the covariate
+    means estimated from all N requests (Lin 2013, Theorem 2's asymptotic variance).
     """
     y = np.asarray(y, dtype="float64")
     treated = np.asarray(treated, dtype=bool)
@@ -245,8 +245,9 @@ def running_difference(y, treated, x_control=None, x_treatment=None) -> Running:
         th_t = np.where(vx_t > 0, cov_t / vx_t, 0.0)
         adj_c = my_c - th_c * (mx_c - mu_c)
         adj_t = my_t - th_t * (mx_t - mu_t)
-        res_c = np.maximum(vy_c - th_c**2 * vx_c, 0.0)
-        res_t = np.maximum(vy_t - th_t**2 * vx_t, 0.0)
+        # residual variance of a fit with two parameters: n - 2 degrees of freedom
+        res_c = np.maximum(vy_c - th_c**2 * vx_c, 0.0) * (n_c - 1) / (n_c - 2)
+        res_t = np.maximum(vy_t - th_t**2 * vx_t, 0.0) * (n_t - 1) / (n_t - 2)
         # variance, over all requests, of θ_t x_t - θ_c x_c (from running sums of both covariates)
         s_cc = np.cumsum(xc * xc, axis=-1) / total - mu_c**2
         s_tt = np.cumsum(xt * xt, axis=-1) / total - mu_t**2
