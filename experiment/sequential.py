@@ -187,21 +187,70 @@ class Running:
     variance: np.ndarray  # of ``difference``; nan before both arms have 2 requests
 
 
-def _arm_sums(mask, y, x):
-    """Cumulative count, mean and (co)variances of y (and x) over the rows of one arm."""
-    m = mask.astype("float64")
-    n = np.cumsum(m, axis=-1)
+def _terms(y, treated, xc=None, xt=None) -> dict:
+    """Per request, what each running sum adds: counts, rewards, covariates, their squares and products."""
+    terms = {}
+    for arm, mask, x in (("c", ~treated, xc), ("t", treated, xt)):
+        m = mask.astype("float64")
+        terms |= {f"n_{arm}": m, f"y_{arm}": m * y, f"yy_{arm}": m * y * y}
+        if x is not None:
+            terms |= {f"x_{arm}": m * x, f"xx_{arm}": m * x * x, f"xy_{arm}": m * x * y}
+    if xc is not None:  # the covariates of every request, whichever arm served it
+        terms |= {"N": np.ones_like(y), "Xc": xc, "Xt": xt, "XcXc": xc * xc, "XtXt": xt * xt, "XcXt": xc * xt}
+    return terms
+
+
+def _estimate(s: dict) -> Running:
+    """The (adjusted) difference and its variance from running sums (arrays or scalars)."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        sy, syy = np.cumsum(m * y, axis=-1), np.cumsum(m * y * y, axis=-1)
-        mean_y = sy / n
-        var_y = (syy - n * mean_y**2) / (n - 1)
-        if x is None:
-            return n, mean_y, np.maximum(var_y, 0.0), None, None, None
-        sx, sxx, sxy = np.cumsum(m * x, axis=-1), np.cumsum(m * x * x, axis=-1), np.cumsum(m * x * y, axis=-1)
-        mean_x = sx / n
-        var_x = (sxx - n * mean_x**2) / (n - 1)
-        cov = (sxy - n * mean_x * mean_y) / (n - 1)
-    return n, mean_y, np.maximum(var_y, 0.0), mean_x, np.maximum(var_x, 0.0), cov
+        arm = {}
+        for k in ("c", "t"):
+            n = s[f"n_{k}"]
+            mean_y = s[f"y_{k}"] / n
+            var_y = np.maximum((s[f"yy_{k}"] - n * mean_y**2) / (n - 1), 0.0)
+            arm[k] = {"n": n, "mean_y": mean_y, "var_y": var_y}
+            if f"x_{k}" in s:
+                mean_x = s[f"x_{k}"] / n
+                var_x = np.maximum((s[f"xx_{k}"] - n * mean_x**2) / (n - 1), 0.0)
+                cov = (s[f"xy_{k}"] - n * mean_x * mean_y) / (n - 1)
+                theta = np.where(var_x > 0, cov / np.where(var_x > 0, var_x, 1.0), 0.0)
+                arm[k] |= {"mean_x": mean_x, "var_x": var_x, "theta": theta}
+        c, t = arm["c"], arm["t"]
+        if "N" not in s:
+            return Running(
+                c["n"], t["n"], t["mean_y"] - c["mean_y"], t["var_y"] / t["n"] + c["var_y"] / c["n"]
+            )
+        total = s["N"]
+        mu = {"c": s["Xc"] / total, "t": s["Xt"] / total}
+        for k, a in arm.items():
+            a["adjusted"] = a["mean_y"] - a["theta"] * (a["mean_x"] - mu[k])
+            # residual variance of a fit with two parameters: n - 2 degrees of freedom
+            a["residual"] = (
+                np.maximum(a["var_y"] - a["theta"] ** 2 * a["var_x"], 0.0) * (a["n"] - 1) / (a["n"] - 2)
+            )
+        # variance, over all requests, of θ_t x_t - θ_c x_c
+        s_cc = s["XcXc"] / total - mu["c"] ** 2
+        s_tt = s["XtXt"] / total - mu["t"] ** 2
+        s_ct = s["XcXt"] / total - mu["c"] * mu["t"]
+        th_c, th_t = c["theta"], t["theta"]
+        spread = np.maximum(th_t**2 * s_tt + th_c**2 * s_cc - 2 * th_t * th_c * s_ct, 0.0)
+        variance = t["residual"] / t["n"] + c["residual"] / c["n"] + spread / total
+    return Running(c["n"], t["n"], t["adjusted"] - c["adjusted"], variance)
+
+
+def _inputs(y, treated, x_control, x_treatment):
+    y = np.asarray(y, dtype="float64")
+    treated = np.asarray(treated, dtype=bool)
+    if y.shape != treated.shape:
+        raise ValueError(f"rewards and assignments differ in shape: {y.shape} vs {treated.shape}")
+    if x_control is None and x_treatment is None:
+        return y, treated, None, None
+    if x_control is None or x_treatment is None:
+        raise ValueError("covariates need both x_control and x_treatment (the same array twice is fine)")
+    xc, xt = np.asarray(x_control, dtype="float64"), np.asarray(x_treatment, dtype="float64")
+    if xc.shape != y.shape or xt.shape != y.shape:
+        raise ValueError("each covariate needs one value per request")
+    return y, treated, xc, xt
 
 
 def running_difference(y, treated, x_control=None, x_treatment=None) -> Running:
@@ -221,40 +270,8 @@ def running_difference(y, treated, x_control=None, x_treatment=None) -> Running:
     per arm (on n_k - 2 degrees of freedom), plus Var(θ_t x_t - θ_c x_c)/N for the covariate
     means estimated from all N requests (Lin 2013, Theorem 2's asymptotic variance).
     """
-    y = np.asarray(y, dtype="float64")
-    treated = np.asarray(treated, dtype=bool)
-    if y.shape != treated.shape:
-        raise ValueError(f"rewards and assignments differ in shape: {y.shape} vs {treated.shape}")
-    adjusted = x_control is not None or x_treatment is not None
-    if adjusted:
-        if x_control is None or x_treatment is None:
-            raise ValueError("covariates need both x_control and x_treatment (the same array twice is fine)")
-        xc, xt = np.asarray(x_control, dtype="float64"), np.asarray(x_treatment, dtype="float64")
-        if xc.shape != y.shape or xt.shape != y.shape:
-            raise ValueError("each covariate needs one value per request")
-    else:
-        xc = xt = None
-    n_c, my_c, vy_c, mx_c, vx_c, cov_c = _arm_sums(~treated, y, xc)
-    n_t, my_t, vy_t, mx_t, vx_t, cov_t = _arm_sums(treated, y, xt)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if not adjusted:
-            return Running(n_c, n_t, my_t - my_c, vy_t / n_t + vy_c / n_c)
-        total = np.cumsum(np.ones_like(y), axis=-1)
-        mu_c, mu_t = np.cumsum(xc, axis=-1) / total, np.cumsum(xt, axis=-1) / total
-        th_c = np.where(vx_c > 0, cov_c / vx_c, 0.0)
-        th_t = np.where(vx_t > 0, cov_t / vx_t, 0.0)
-        adj_c = my_c - th_c * (mx_c - mu_c)
-        adj_t = my_t - th_t * (mx_t - mu_t)
-        # residual variance of a fit with two parameters: n - 2 degrees of freedom
-        res_c = np.maximum(vy_c - th_c**2 * vx_c, 0.0) * (n_c - 1) / (n_c - 2)
-        res_t = np.maximum(vy_t - th_t**2 * vx_t, 0.0) * (n_t - 1) / (n_t - 2)
-        # variance, over all requests, of θ_t x_t - θ_c x_c (from running sums of both covariates)
-        s_cc = np.cumsum(xc * xc, axis=-1) / total - mu_c**2
-        s_tt = np.cumsum(xt * xt, axis=-1) / total - mu_t**2
-        s_ct = np.cumsum(xc * xt, axis=-1) / total - mu_c * mu_t
-        spread = np.maximum(th_t**2 * s_tt + th_c**2 * s_cc - 2 * th_t * th_c * s_ct, 0.0)
-        variance = res_t / n_t + res_c / n_c + spread / total
-    return Running(n_c, n_t, adj_t - adj_c, variance)
+    terms = _terms(*_inputs(y, treated, x_control, x_treatment))
+    return _estimate({k: np.cumsum(v, axis=-1) for k, v in terms.items()})
 
 
 # ------------------------------------------------------------------------------- the decision
@@ -430,3 +447,64 @@ def monitor(
         design=design,
         looks=looks,
     )
+
+
+class Monitor:
+    """The same test fed one request at a time, for a replay that stops when the test decides.
+
+    ``add`` costs O(1) (it updates running sums) and returns the decision at that look:
+    ``continue`` until a boundary or the planned n is reached, then winner / harm / futility /
+    planned n (and it stays there). ``stopped_at`` is the look (1-based request number) where it
+    stopped, which the log should record.
+
+        monitor = Monitor(plan.design, "b", "a")
+        for row in replay:                       # in the order the requests complete
+            if monitor.add(row.arm, row.reward) != CONTINUE:
+                break
+    """
+
+    def __init__(self, design: Design, control: str, treatment: str, adjusted: bool = False):
+        self.design, self.control, self.treatment, self.adjusted = design, control, treatment, adjusted
+        self.sums: dict[str, np.float64] = {}
+        self.looks = 0
+        self.decision = CONTINUE
+        self.stopped_at: int | None = None
+        self.last: dict = {}
+
+    def add(
+        self, arm: str, reward: float, x_control: float | None = None, x_treatment: float | None = None
+    ) -> str:
+        """Count one served request of ``arm`` (other arms are ignored) and return the decision."""
+        if self.decision != CONTINUE or arm not in (self.control, self.treatment):
+            return self.decision
+        if self.adjusted and (x_control is None or x_treatment is None):
+            raise ValueError("an adjusted monitor needs both covariates of every request")
+        x = (
+            (np.array([x_control], dtype="float64"), np.array([x_treatment], dtype="float64"))
+            if self.adjusted
+            else ()
+        )
+        for key, value in _terms(np.array([float(reward)]), np.array([arm == self.treatment]), *x).items():
+            self.sums[key] = (
+                self.sums.get(key, np.float64(0.0)) + value[0]
+            )  # numpy scalars: x/0 is inf, not an error
+        self.looks += 1
+        run = _estimate(self.sums)
+        log_e = log_evidence(run.difference, run.variance, self.design)
+        _, code = first_stop(run, log_e, self.design)
+        low, high = interval(run.difference, run.variance, self.design)
+        self.last = {
+            "look": self.looks,
+            "n": {self.control: int(run.n_control), self.treatment: int(run.n_treatment)},
+            "difference": float(run.difference),
+            "interval": (float(low), float(high)),
+            "log_e": float(log_e),
+        }
+        self.decision = CODE_DECISIONS[int(code[0])]
+        if self.decision != CONTINUE:
+            self.stopped_at = self.looks
+        return self.decision
+
+    @property
+    def reason(self) -> str:
+        return _reason(self.decision, self.design)

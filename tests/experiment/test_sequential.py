@@ -174,3 +174,24 @@ def test_monitor_rejects_bad_input():
         seq.monitor(log, "a", "b", design, covariates=("x_a", "x_b"))
     with pytest.raises(ValueError, match="positive"):
         seq.Design(mde=0.0, n_max=100)
+
+
+@pytest.mark.parametrize("adjusted", [False, True])
+def test_streaming_monitor_agrees_with_the_whole_log(adjusted):
+    rng = np.random.default_rng(8)
+    log = _log(rng, 3000, 0.05)
+    log["x_a"] = log["reward"] * 0.5 + rng.normal(0, 0.1, len(log))  # any per-request numbers will do here
+    log["x_b"] = rng.normal(0, 0.1, len(log))
+    design = seq.Design(mde=0.04, n_max=1200, sd=0.2)
+    covariates = ("x_a", "x_b") if adjusted else None
+    whole = seq.monitor(log, "a", "b", design, covariates)
+    stream = seq.Monitor(design, "a", "b", adjusted=adjusted)
+    for row in log.itertuples():
+        x = (row.x_a, row.x_b) if adjusted else (None, None)
+        if stream.add(row.arm, row.reward, *x) != seq.CONTINUE:
+            break
+    assert stream.decision == whole.decision != seq.CONTINUE
+    assert stream.stopped_at == whole.look
+    assert stream.last["difference"] == pytest.approx(whole.difference)
+    assert stream.last["interval"] == pytest.approx(whole.interval)
+    assert stream.add("b", 1.0) == stream.decision  # it stays stopped
