@@ -22,6 +22,7 @@ help:
 	@echo "make run        set up, then run the notebook top to bottom on the local Seldon stack"
 	@echo "make test       set up, then ruff (lint + format check) and the whole test suite (CI runs this)"
 	@echo "make test-fast  the unit tests that start no stack (under a minute): the edit-test loop"
+	@echo "make lint       ruff check and ruff format --check (part of make test; fix with ruff format / ruff check --fix)"
 	@echo "make setup      the virtualenv (.venv) from requirements.lock, and Prometheus if missing"
 	@echo "make train      set up, then train and register both arms"
 	@echo "make bench      set up, then run the benchmarks (bench/README.md)"
