@@ -91,6 +91,23 @@ def covariates(
     )
 
 
+def table(
+    train: pd.DataFrame,
+    rows: pd.DataFrame,
+    predictions: Mapping[str, np.ndarray],
+    features: list[str],
+    target: str,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """In one call: fit the quality model on ``train`` and give every row of ``rows`` its covariate per arm.
+
+    ``rows``: the requests' features (the hold-out, indexed by request_id); ``predictions``: each
+    arm's model's prediction for those rows (from the models the arms serve, run offline).
+    """
+    model = QualityModel(seed).fit(train[features], train[target])
+    return covariates(model, rows[features], predictions)
+
+
 def with_covariates(rows: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     """The log's rows with the covariate columns joined on ``request_id``; every row must find its own."""
     joined = rows.join(table, on="request_id")

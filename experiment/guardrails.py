@@ -203,3 +203,45 @@ def all_pass(results: list[GuardrailResult]) -> bool:
 
 def breached(results: list[GuardrailResult]) -> list[GuardrailResult]:
     return [r for r in results if r.status == BREACH]
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Whether promotion may go ahead, which arm, and every reason it may not."""
+
+    promote: str | None  # the arm to promote, None to keep the control
+    reasons: list[str]  # why not (empty when promoting)
+    record: dict  # for the decision record: SRM, guardrails, the test
+
+    @property
+    def allowed(self) -> bool:
+        return self.promote is not None
+
+    @property
+    def sentence(self) -> str:
+        if self.allowed:
+            return f"promote {self.promote}: the test chose it, the split is sound and every guardrail passed"
+        return "no promotion: " + "; ".join(self.reasons)
+
+
+def gate(srm_result, results: list[GuardrailResult], test) -> Gate:
+    """Promotion's gate: a sound split (SRM), every guardrail passed, and the sequential test's winner.
+
+    ``srm_result``: experiment.srm.SRM (from the log or Prometheus; pass the worse of the two);
+    ``results``: the guardrails (``from_log`` or ``latency``/``error_rate`` on Prometheus counts);
+    ``test``: experiment.sequential.SequentialResult. Any failure blocks, with its reason.
+    """
+    reasons = []
+    if srm_result.mismatch:
+        reasons.append(srm_result.sentence)
+    reasons += [r.sentence for r in results if not r.ok]
+    if test.winner is None:
+        reasons.append(f"the sequential test decided {test.decision!r}: {test.reason}")
+    elif test.winner == test.control:
+        reasons.append(f"the sequential test found harm: {test.control} stays")
+    record = {
+        "srm": srm_result.record(),
+        "guardrails": [r.record() for r in results],
+        "test": test.record(),
+    }
+    return Gate(None if reasons else test.winner, reasons, record)

@@ -52,3 +52,36 @@ def test_from_log():
     results = g.from_log(log, "a", "b")
     assert results[1].status == g.BREACH and g.breached(results) == [results[1]]
     assert set(results[0].record()) >= {"name", "margin", "bound", "status", "n"}
+
+
+def test_gate_blocks_on_srm_guardrails_or_no_winner():
+    from experiment import sequential as seq
+    from experiment import srm
+
+    rng = np.random.default_rng(2)
+    n = 3000
+    arm = np.where(rng.random(n) < 0.5, "b", "a")
+    log = pd.DataFrame(
+        {
+            "request_id": np.arange(n),
+            "arm": arm,
+            "reward": np.clip(rng.normal(0.7, 0.2, n) + np.where(arm == "b", 0.08, 0.0), 0, 1),
+            "predict_ms": _latencies(rng, n, 1),
+            "predict_status": 200,
+        }
+    )
+    test = seq.monitor(log, "a", "b", seq.Design(mde=0.05, n_max=1500, sd=0.2, futility=False))
+    sound = srm.srm(log, {"a": 50, "b": 50})
+    healthy = g.from_log(log, "a", "b")
+    ok = g.gate(sound, healthy, test)
+    assert ok.allowed and ok.promote == "b" and ok.reasons == []
+    assert set(ok.record) == {"srm", "guardrails", "test"}
+    broken = srm.check_srm({"a": 1400, "b": 1000}, {"a": 50, "b": 50})
+    assert not g.gate(broken, healthy, test).allowed
+    slow = g.latency(_latencies(rng, 800, 1), _latencies(rng, 800, 2), "a", "b")
+    blocked = g.gate(sound, [slow, healthy[1]], test)
+    assert not blocked.allowed and "latency" in blocked.sentence
+    flat = seq.monitor(
+        log.assign(reward=0.7 + rng.normal(0, 0.2, n)), "a", "b", seq.Design(mde=0.05, n_max=1500)
+    )
+    assert not g.gate(sound, healthy, flat).allowed
