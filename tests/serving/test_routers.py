@@ -1,0 +1,138 @@
+"""The bandit routers on their own (no stack, no HTTP): learning, seeding, state, bad feedback."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from serving.routers import BadFeedback, EpsilonGreedy, ThompsonSampling
+
+ROUTERS = {
+    "thompson-gaussian": (ThompsonSampling, {}),
+    "thompson-beta": (ThompsonSampling, {"posterior": "beta"}),
+    "epsilon-greedy": (EpsilonGreedy, {"epsilon": 0.1}),
+}
+
+
+def make(name: str, **kwargs):
+    cls, defaults = ROUTERS[name]
+    return cls(**{"n_branches": 2, "branch_names": "model-a:model-b", "seed": 7, **defaults, **kwargs})
+
+
+def replay(router, means=(0.55, 0.62), rows=2000, seed=3) -> list[int]:
+    """Route ``rows`` requests; each branch's reward is a clipped normal around its mean."""
+    env = np.random.default_rng(seed)
+    picks = []
+    for _ in range(rows):
+        branch = router.route(None, None)
+        reward = float(np.clip(env.normal(means[branch], 0.2), 0.0, 1.0))
+        router.send_feedback(None, None, reward, None, routing=branch)
+        picks.append(branch)
+    return picks
+
+
+@pytest.mark.parametrize("name", ["thompson-gaussian", "epsilon-greedy"])
+def test_learns_to_send_most_traffic_to_the_better_arm(name):
+    picks = np.array(replay(make(name)))
+    second_half = picks[len(picks) // 2 :]
+    assert (second_half == 1).mean() >= 0.85, (second_half == 1).mean()
+
+
+def test_the_beta_bernoulli_trick_learns_too_but_slower_than_the_gaussian_posterior():
+    gaussian = np.array(replay(make("thompson-gaussian"), rows=3000))
+    beta = np.array(replay(make("thompson-beta"), rows=3000))
+    assert (beta[1500:] == 1).mean() > 0.5  # better than chance...
+    assert (gaussian[1500:] == 1).mean() > (beta[1500:] == 1).mean()  # ...the reason for the default
+
+
+@pytest.mark.parametrize("name", ROUTERS)
+def test_the_same_seed_routes_the_same_way_and_another_seed_does_not(name):
+    assert replay(make(name), rows=300) == replay(make(name), rows=300)
+    assert replay(make(name), rows=300) != replay(make(name, seed=8), rows=300)
+
+
+def test_one_reward_per_feedback_whatever_the_rows():
+    router = make("thompson-gaussian")
+    router.send_feedback(np.zeros((5, 11)), [], 0.9, None, routing=0)
+    router.send_feedback(None, None, 0.9, None, routing=0)  # no request at all (seldon-core #336)
+    assert router.n.tolist() == [2, 0]
+    assert router.total.tolist() == pytest.approx([1.8, 0.0])
+
+
+@pytest.mark.parametrize(
+    "reward, routing, says",
+    [
+        (0.5, None, "no meta.routing"),
+        (0.5, -1, "names no branch"),
+        (0.5, -2, "names no branch"),
+        (0.5, 2, "names no branch"),
+        (0.5, 0.5, "names no branch"),
+        (0.5, "a", "not a branch number"),
+        (1.5, 0, "outside [0, 1]"),
+        (-0.1, 0, "outside [0, 1]"),
+        (float("nan"), 0, "outside [0, 1]"),
+        ("x", 0, "not a number"),
+    ],
+)
+def test_feedback_it_cannot_learn_from_is_a_400_and_changes_nothing(reward, routing, says):
+    router = make("epsilon-greedy")
+    with pytest.raises(BadFeedback) as error:
+        router.send_feedback(None, None, reward, None, routing=routing)
+    assert error.value.status_code == 400 and says in error.value.message
+    assert router.n.sum() == 0
+
+
+@pytest.mark.parametrize("name", ROUTERS)
+def test_state_round_trips_through_its_file(tmp_path, name):
+    path = tmp_path / "router.json"
+    first = make(name, state_file=str(path))
+    replay(first, rows=200)
+    assert not list(tmp_path.glob(".router.json.*"))  # no temporary file left behind
+    again = make(name, state_file=str(path))
+    for key in ("n", "total", "total_sq"):
+        assert getattr(again, key).tolist() == pytest.approx(getattr(first, key).tolist())
+    # routed is saved with each feedback: the last request routed after the last feedback is not lost
+    assert again.routed.tolist() == first.routed.tolist()
+    assert again.starts == first.starts + 1
+    if name == "thompson-beta":
+        assert again.successes.tolist() == first.successes.tolist()
+    # a restart does not replay the draws the first start made
+    assert replay(again, rows=50) != replay(make(name), rows=50)
+
+
+def test_a_state_file_of_another_router_is_refused(tmp_path):
+    path = tmp_path / "router.json"
+    replay(make("thompson-gaussian", state_file=str(path)), rows=10)
+    with pytest.raises(ValueError, match="move it away"):
+        make("thompson-beta", state_file=str(path))
+    with pytest.raises(ValueError, match="move it away"):
+        make("thompson-gaussian", state_file=str(path), n_branches=3, branch_names="a:b:c")
+
+
+def test_state_dir_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROUTER_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("PREDICTIVE_UNIT_ID", "bandit")
+    replay(make("epsilon-greedy"), rows=5)
+    assert json.loads((tmp_path / "bandit.json").read_text())["n"] != [0, 0]
+
+
+def test_gauges_per_branch():
+    router = make("epsilon-greedy")
+    router.send_feedback(None, None, 0.25, None, routing=1)
+    router.send_feedback(None, None, 0.75, None, routing=1)
+    gauges = {(g["key"], g["tags"]["branch"]): g["value"] for g in router.metrics()}
+    assert all(g["type"] == "GAUGE" for g in router.metrics())
+    assert gauges[("router_branch_feedback", "model-b")] == 2
+    assert gauges[("router_branch_reward_sum", "model-b")] == pytest.approx(1.0)
+    assert gauges[("router_branch_reward_mean", "model-b")] == pytest.approx(0.5)
+    assert gauges[("router_branch_feedback", "model-a")] == 0
+
+
+def test_epsilon_greedy_explores_exactly_epsilon_of_the_time():
+    router = make("epsilon-greedy", epsilon=0.2)
+    router.send_feedback(None, None, 0.9, None, routing=0)
+    router.send_feedback(None, None, 0.1, None, routing=1)
+    picks = np.array([router.route(None, None) for _ in range(5000)])
+    assert (picks == 1).mean() == pytest.approx(0.2, abs=0.02)
