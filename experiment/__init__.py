@@ -23,7 +23,6 @@ from experiment.prometheus_data import (
     CrossCheckError,
     counter_increase,
     cross_check,
-    dashboard_frames,
     figure_frames,
     wait_for_scrape,
 )
@@ -56,7 +55,6 @@ __all__ = [
     "attribution",
     "counter_increase",
     "cross_check",
-    "dashboard_frames",
     "figure_frames",
     "figures",
     "newest_log",

@@ -3,7 +3,7 @@
 Counters change inside the servers; Prometheus knows them only at scrape times. Two ways to
 read them here:
 
-- ``rate()``/``histogram_quantile()`` over a window, as a dashboard does (``dashboard_frames``):
+- ``rate()``/``histogram_quantile()`` over a window, as a dashboard does (``range_frame``):
   smooth, but a rate at time t averages the window before t, so a replay shorter than a few
   windows shows as a ramp up and down, and ``rate()`` extrapolates to the window's edges;
 - the **raw samples** (``counter_increase``, ``scrape_rates``): what each counter added between
@@ -30,7 +30,6 @@ from experiment.promql import (
     SERVER_REQUESTS,
     latency_quantile,
     mean_reward,
-    queries,
     rate_window,
     requests_in_window,
     selector,
@@ -68,29 +67,8 @@ def range_frame(
     return frame
 
 
-def _seconds(window: str) -> float:
+def _window_seconds(window: str) -> float:
     return float(window.rstrip("s"))
-
-
-def dashboard_frames(
-    url: str,
-    start: float,
-    end: float,
-    window: str | None = None,
-    step: float = 1.0,
-    deployment: str = DEFAULT_DEPLOYMENT,
-) -> dict[str, pd.DataFrame]:
-    """Every dashboard series around [start, end] (e.g. a replay's time window), keyed like ``queries``.
-
-    The range runs on by one rate window past ``end``: a rate at time t looks back one window,
-    so that is when the last requests of the replay leave the curves. The window defaults to 4x
-    the local scrape interval.
-    """
-    window = window or rate_window()
-    until = end + _seconds(window)
-    return {
-        key: range_frame(url, expr, start, until, step) for key, expr in queries(window, deployment).items()
-    }
 
 
 # ------------------------------------------------------------------------------ scrapes
@@ -311,7 +289,7 @@ def figure_frames(
     """
     window = rate_window(scrape_interval)
     scraped = wait_for_scrape(url, end, timeout)
-    until = min(end + _seconds(window), scraped)
+    until = min(end + _window_seconds(window), scraped)
     if latency is None:
         fine = prometheus.query(url, f"count({GATEWAY_REQUESTS}_count{selector(deployment)})", at=scraped)
         latency = GATEWAY_REQUESTS if fine else CLIENT_REQUESTS

@@ -206,8 +206,3 @@ def panels(window: str, deployment: str = DEFAULT_DEPLOYMENT) -> list[Panel]:
             (("feedback", "", feedback_per_second(window, deployment)),),
         ),
     ]
-
-
-def queries(window: str, deployment: str = DEFAULT_DEPLOYMENT) -> dict[str, str]:
-    """Series key -> expression, for every series of every panel."""
-    return {key: expr for panel in panels(window, deployment) for key, _, expr in panel.queries}

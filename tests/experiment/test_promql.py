@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from experiment.promql import GATEWAY_REQUESTS, latency_quantile, queries, rate_window, requests_in_window
+from experiment.promql import GATEWAY_REQUESTS, latency_quantile, panels, rate_window, requests_in_window
+
+
+def queries(window: str) -> dict[str, str]:
+    """Series key -> expression, for every series of every dashboard panel."""
+    return {key: expr for panel in panels(window) for key, _, expr in panel.queries}
 
 
 def test_queries_use_the_executor_labels_and_windows_of_four_scrapes():
