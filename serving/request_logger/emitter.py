@@ -206,6 +206,28 @@ class RequestLogger:
             return None
         return cls(spec.url, namespace, deployment, predictor, graph["name"], spec.mode, **options)
 
+    @classmethod
+    def for_manifest(cls, manifest: dict, **options) -> dict[str, RequestLogger]:
+        """{predictor name: its logger} for every predictor whose graph node has a ``logger``.
+
+        One queue and set of workers per predictor, as each predictor's executor has its own (the
+        local stack serves single-node graphs, so the root node is the predictor's only node).
+        """
+        metadata, spec = manifest["metadata"], manifest["spec"]
+        found = {}
+        for item in spec["predictors"]:
+            log = cls.for_graph(
+                item["graph"],
+                metadata.get("namespace") or "default",
+                metadata["name"],
+                item["name"],
+                protocol=spec.get("protocol", "seldon"),
+                **options,
+            )
+            if log is not None:
+                found[item["name"]] = log
+        return found
+
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> RequestLogger:
         """Create the queue, the HTTP session and the workers on the running event loop."""
@@ -278,7 +300,9 @@ class RequestLogger:
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
-            if self.write_timeout <= 0:
+            if self.write_timeout <= 0 or len(self._waiting) >= self.queue_size:
+                # the executor would start one more goroutine per event; a second bound keeps the
+                # waiting events (and their tasks) from growing without limit while a sink hangs
                 self._drop(QUEUE_FULL)
                 return False
             # the executor's goroutine waits for room; here a task does, the caller does not

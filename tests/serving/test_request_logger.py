@@ -272,6 +272,37 @@ def test_slow_sink_never_blocks_and_the_queue_bound_holds():
     assert dropped_metric("queue_full", names) - before == calls - queue_size - workers
 
 
+def test_events_waiting_for_room_are_bounded_too():
+    """With a hung sink and a long write timeout, at most queue_size events wait for room; the rest
+    are dropped at once (the executor would keep one goroutine per event)."""
+    release = None
+
+    async def hung(request):
+        await release.wait()
+        return web.Response()
+
+    async def scenario():
+        nonlocal release
+        release = asyncio.Event()
+        runner, url = await receiver(hung)
+        log = RequestLogger(
+            url, queue_size=2, workers=1, write_timeout=30, **dict(NAMES, predictor="waiting")
+        )
+        log.start()
+        for i in range(10):
+            log.log_request(f"p{i}", REQUEST)
+        counts = (dict(log.dropped), log.queued, len(log._waiting))
+        release.set()
+        await until(lambda: log.sent == 4)  # 2 queued + 2 that waited
+        await log.close()
+        await runner.cleanup()
+        return counts, dict(log.dropped)
+
+    (dropped_at_once, queued, waiting), dropped = run(scenario())
+    assert (dropped_at_once, queued, waiting) == ({"queue_full": 6}, 2, 2)
+    assert dropped == {"queue_full": 6}
+
+
 def test_non_2xx_and_hung_receivers_are_counted():
     names = dict(NAMES, predictor="bad-sink")
 

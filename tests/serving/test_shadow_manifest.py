@@ -76,10 +76,17 @@ def test_the_shadow_manifest_matches_the_v1_17_1_crd(crd):
 
 def test_both_nodes_log_everything_to_the_local_sink():
     assert local_sink_ports(MANIFEST) == {DEFAULT_PORT}
-    for item in MANIFEST["spec"]["predictors"]:
-        log = RequestLogger.for_graph(item["graph"], "default", "wines-classifier", item["name"])
+    loggers = RequestLogger.for_manifest(MANIFEST)
+    assert sorted(loggers) == ["model-a", "model-b"]  # one per predictor, as one per executor
+    for name, log in loggers.items():
         assert log.spec.mode == "all" and log.url == f"http://127.0.0.1:{DEFAULT_PORT}/"
-        assert log.node == item["graph"]["name"]
+        assert (log.node, log.predictor, log.deployment, log.namespace) == (
+            name,
+            name,
+            "wines-classifier",
+            "default",
+        )
+        assert log.protocol == "seldon"
 
 
 # ---------------------------------------------------------------- the webhook's rules, written out
