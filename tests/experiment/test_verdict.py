@@ -15,6 +15,7 @@ from experiment.stats import power
 from tests.experiment.conftest import replay_window, rewards_of, set_split, synthetic_log
 
 
+@pytest.mark.slow  # 400 verdicts, each with its bootstrap: ~20 s
 def test_two_arms_drawn_from_one_model_give_a_decision_at_rate_alpha_only(populations):
     population = populations["model-a"]
     rng = np.random.default_rng(3)
