@@ -42,7 +42,6 @@ MANIFEST = "serving/model-a-b.yaml"  # the SeldonDeployment: the contract for bo
 STATE_DIR = ".stack"  # the local stack's pids, logs and Prometheus data
 WORK_DIR = "runs"  # the working copy of the manifest and the feedback logs
 IMAGES = "images"  # where the figures are saved
-
 SCRAPE_INTERVAL = None  # seconds between scrapes; None: the target's (local 2 s, the PodMonitor's 15 s)
 
 # cluster only (docs/cluster.md): where the models go, and how the notebook reaches the cluster
@@ -388,6 +387,8 @@ if outcome.promoted:
         log_path=Path(WORK_DIR) / "feedback-after-promotion.csv",
     )
     print("100 requests after promotion, served by:", check.log["arm"].value_counts().to_dict())
+else:
+    print("no promotion: the traffic split and the registry aliases are as they were")
 
 # %% [markdown]
 # On a cluster the same change is a `kubectl apply -f` of the promoted manifest, which the cell
