@@ -4,7 +4,7 @@ What the notebook calls::
 
     baseline = experiment.wait_for_scrape(prometheus_url)     # before a replay: count from here
     experiment.cross_check(log, prometheus_url, since=baseline) # log == Prometheus, exactly
-    frames = experiment.figure_frames(prometheus_url, start, end, window)
+    frames = experiment.figure_frames(prometheus_url, start, end, scrape_interval)
     experiment.figures(frames, verdict) ; experiment.save(figure, name)
     verdict = experiment.verdict(log) ; experiment.stats_table(verdict.stats)
     experiment.attribution(log)                                 # where the rewards landed

@@ -6,8 +6,8 @@
     python -m experiment dashboard > serving/grafana/ab-test.json
 
 A LOG is a CSV written by feedback.py, or a glob such as 'runs/feedback-arm*.csv'. Without one,
-the newest runs/feedback-arm*.csv is used (and named). ``report`` reports each log on its own;
-``promote`` pools its logs as one experiment. Exit status: 0 done, 3 no decision (promote
+the newest runs/feedback-arm*.csv is used (and named). report reports each log on its own;
+promote pools its logs as one experiment. Exit status: 0 done, 3 no decision (promote
 changed nothing), 1 error.
 """
 
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m experiment",
         description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 2)[2],
+        epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -64,8 +64,12 @@ def main(argv=None) -> int:
     rep = commands.add_parser("report", help="per-arm statistics and the verdict, for each log")
     rep.add_argument("logs", nargs="*", metavar="LOG", help="CSV log(s) or glob(s); default: the newest")
     rep.add_argument("--alpha", type=float, default=0.05)
+    helps = {
+        "promote": "on a significant verdict: @champion to the winner, all traffic to it",
+        "rollback": "undo the latest promotion: the previous @champion and split",
+    }
     for command in ("promote", "rollback"):
-        sub = commands.add_parser(command, help=f"{command} (see experiment/promotion.py)")
+        sub = commands.add_parser(command, help=helps[command])
         sub.add_argument(
             "--manifest",
             help="the SeldonDeployment working copy "
