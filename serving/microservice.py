@@ -11,11 +11,6 @@ are gunicorn applications built from ``gunicorn_utils.StandaloneApplication``; w
 host of their ``bind`` setting to ``SELDON_BIND_HOST`` (default 127.0.0.1) after seldon-core has
 set it. gRPC and the Flask debug server cannot be rebound this way, so they are switched off.
 
-The model is loaded before the REST port is bound (gunicorn's ``preload_app``), not in the
-worker after it: a restarted model server used to accept connections for the seconds its
-worker spent loading the model, so the gateway's requests waited and timed out (504) instead
-of being refused at once (503), as a not-yet-ready pod gets no traffic on a cluster.
-
 To stop it, send SIGTERM to this process only, as the kubelet signals a container's PID 1
 (``serving.local.processes.stop_groups`` does, then SIGKILLs the group after a grace period).
 SIGTERM to its whole process group also reaches the ``multiprocessing.Manager`` that holds the
@@ -59,9 +54,6 @@ _load_config = gunicorn_utils.StandaloneApplication.load_config
 def _load_config_on_host(self) -> None:
     _load_config(self)
     self.cfg.set("bind", [_on_host(address) for address in self.cfg.bind])
-    if isinstance(self, gunicorn_utils.UserModelApplication):
-        # load the model before binding the port (see the module's docstring)
-        self.cfg.set("preload_app", True)
 
 
 def _on_host(address: str) -> str:
