@@ -83,3 +83,29 @@ def best(table: pd.DataFrame) -> str | None:
     """The challenger to promote: the significantly better one with the largest difference, if any."""
     better = table[table["significant"] & (table["difference"] > 0)]
     return None if better.empty else str(better["difference"].idxmax())
+
+
+def monitor_all(
+    rows: pd.DataFrame, control: str, design, covariates: Mapping[str, str] | None = None
+) -> dict:
+    """A/B/n with the always-valid test: each challenger against ``control`` at α/k (Bonferroni).
+
+    Each comparison may stop at its own look, so the p-values are not read at one common time;
+    Bonferroni's α/k per test bounds the family-wise error at every time without assuming any.
+    ``covariates``: arm -> its covariate column, for CUPED-adjusted tests. Returns arm -> result.
+    """
+    from dataclasses import replace
+
+    from experiment.sequential import monitor
+
+    arms = sorted(rows["arm"].astype(str).unique())
+    challengers = [a for a in arms if a != control]
+    if control not in arms or not challengers:
+        raise ValueError(f"need served rows for the control {control!r} and another arm (arms: {arms})")
+    each = replace(design, alpha=design.alpha / len(challengers))
+    return {
+        arm: monitor(
+            rows, control, arm, each, None if covariates is None else (covariates[control], covariates[arm])
+        )
+        for arm in challengers
+    }

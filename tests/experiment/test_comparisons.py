@@ -38,3 +38,17 @@ def test_compare_three_arms():
     assert comparisons.best(table) == "b"
     with pytest.raises(ValueError, match="control"):
         comparisons.compare(rows, control="z")
+
+
+def test_monitor_all_splits_alpha_between_the_challengers():
+    from experiment import sequential as seq
+
+    rng = np.random.default_rng(1)
+    n = 6000
+    arm = rng.choice(["a", "b", "c"], n)
+    reward = np.clip(rng.normal(0.7, 0.2, n) + np.where(arm == "b", 0.08, 0.0), 0, 1)
+    rows = pd.DataFrame({"request_id": np.arange(n), "arm": arm, "reward": reward})
+    results = comparisons.monitor_all(rows, "a", seq.Design(mde=0.05, n_max=2000, sd=0.2))
+    assert set(results) == {"b", "c"}
+    assert results["b"].decision == seq.WINNER and results["b"].design.alpha == pytest.approx(0.025)
+    assert results["c"].decision != seq.WINNER
