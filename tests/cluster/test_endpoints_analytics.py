@@ -191,3 +191,30 @@ def test_the_kubernetes_field_check_catches_a_misplaced_field():
     secret = analytics.grafana_admin_secret()
     secret["stringdata"] = secret.pop("stringData")
     assert k8s_unknown_fields(secret) == ["stringdata"]
+
+
+# ------------------------------------------------------------------------------ port-forwards
+def test_a_port_forward_that_fails_says_what_kubectl_said(tmp_path, monkeypatch):
+    from serving.cluster.endpoints import Forward, PortForwardError, PortForwards
+    from serving.local import free_port
+    from tests.cluster.standin import StandInCluster
+
+    with StandInCluster(tmp_path / "cluster") as cluster:  # no SeldonDeployment: no Services
+        for name, value in cluster.env.items():
+            monkeypatch.setenv(name, value)
+        forwards = PortForwards(
+            {"model-a": Forward("seldon", "wines-classifier-model-a", free_port())}, timeout=20
+        )
+        with pytest.raises(
+            PortForwardError, match='exited with 1: .*services "wines-classifier-model-a" not found'
+        ):
+            forwards.start()
+        assert forwards.processes == {}  # stopped and forgotten
+
+
+def test_a_missing_kubectl_is_named_with_the_command_to_run(rendered):
+    from serving.cluster.endpoints import PortForwardError, PortForwards
+
+    forwards = PortForwards(port_forwards(rendered), kubectl="no-such-kubectl-here")
+    with pytest.raises(PortForwardError, match="no-such-kubectl-here is not on PATH.*port-forward -n seldon"):
+        forwards.start()
