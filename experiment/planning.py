@@ -22,15 +22,11 @@ import pandas as pd
 from sklearn.linear_model import ElasticNet
 from sklearn.model_selection import KFold, cross_val_predict
 
-from experiment.sequential import Design
+from experiment.sequential import MIN_N, Design
 from experiment.stats import required_n
 
 FOLDS = 5
 CAP = 2.0  # the sequential test's planned maximum, in fixed-horizon n
-# requests per arm before the first look: the test's normal approximation, its plug-in variance and,
-# with CUPED, the regression slope need that many; with 20, the CUPED test's A/A false-positive
-# rate measured 5.5% (bench/experiments.py), with 100 5.0%
-MIN_N = 100
 
 
 def elastic_net(params: Mapping, seed: int):
