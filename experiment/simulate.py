@@ -100,18 +100,18 @@ def naive_peeking(draws: Draws, alpha: float, min_n: int, n_max: int) -> np.ndar
 
 
 def fixed_horizon(draws: Draws, n: int, alpha: float) -> np.ndarray:
-    """Per experiment: decision code of one Welch test read once, when both arms have ``n`` requests."""
-    running = running_difference(draws.y, draws.treated)
-    reached = np.minimum(running.n_control, running.n_treatment) >= n
-    if not reached.any(axis=-1).all():
-        raise ValueError(f"some simulated experiments never reach {n} requests per arm: draw more requests")
-    at = reached.argmax(axis=-1)
-    rows = np.arange(len(at))
-    p = welch_p(running, draws.y, draws.treated)[rows, at]
-    won = running.difference[rows, at] > 0
-    significant = p < alpha
+    """Per experiment: decision code of one Welch test read once, after ``2n`` requests.
+
+    That is ``n`` requests per arm on average, counted the way the sequential test's requests are
+    (total / 2); the split of those 2n requests between the arms is random, as in a real 50/50 test.
+    """
+    if draws.y.shape[-1] < 2 * n:
+        raise ValueError(f"the simulated experiments have fewer than {2 * n} requests: draw more")
+    running = running_difference(draws.y[..., : 2 * n], draws.treated[..., : 2 * n])
+    p = welch_p(running, draws.y[..., : 2 * n], draws.treated[..., : 2 * n])[..., -1]
+    won = running.difference[..., -1] > 0
     return np.where(
-        significant,
+        p < alpha,
         np.where(won, DECISION_CODES["winner"], DECISION_CODES["harm"]),
         DECISION_CODES["planned n"],
     )
