@@ -1,7 +1,8 @@
 """Request logging as Seldon Core v1's executor does it (``logger: {mode, url}`` on graph nodes).
 
 ``emitter``: the executor's side, CloudEvents posted through a bounded queue (``RequestLogger``);
-``sink``: a small receiver writing them as JSON lines (``python -m serving.request_logger``).
+``offload``: the same loggers in a child process (``LoggerProcess``), so sending costs the caller's
+process no CPU; ``sink``: a small receiver writing them as JSON lines (``python -m serving.request_logger``).
 """
 
 from serving.request_logger.emitter import (
@@ -16,6 +17,7 @@ from serving.request_logger.emitter import (
     RequestLogger,
     skip_logging,
 )
+from serving.request_logger.offload import LoggerProcess, RemoteLogger
 from serving.request_logger.sink import Sink, documents, local_sink_ports, logger_urls, read_events
 
 __all__ = [
@@ -26,7 +28,9 @@ __all__ = [
     "DROPPED",
     "HEADERS",
     "SENT",
+    "LoggerProcess",
     "LoggerSpec",
+    "RemoteLogger",
     "RequestLogger",
     "Sink",
     "documents",

@@ -458,3 +458,77 @@ def test_constants_match_the_executor():
         10,
         2.0,
     )
+
+
+# ------------------------------------------------------------------ loggers in their own process
+def test_offloaded_loggers_send_from_a_child_process_and_count_in_this_one(tmp_path):
+    from serving.request_logger.offload import LoggerProcess
+
+    names = {"namespace": "default", "deployment": "offload-test"}
+    dead = f"http://127.0.0.1:{closed_port()}/"
+
+    async def scenario():
+        sink = Sink(tmp_path)
+        await sink.start()
+        loggers = {
+            "model-a": RequestLogger(sink.url, predictor="model-a", node="model-a", **names),
+            "model-b": RequestLogger(dead, predictor="model-b", node="model-b", mode="request", **names),
+        }
+        hub = await LoggerProcess(loggers, drain=2.0).start()
+        assert hub.pid not in (None, os.getpid())
+        a, b = hub["model-a"], hub["model-b"]
+        seconds = timed_calls(
+            [lambda i=i: a.log_request(f"p{i}", REQUEST) for i in range(50)]
+            + [
+                lambda i=i: a.log_response(f"p{i}", gzip.compress(RESPONSE), content_encoding="gzip")
+                for i in range(50)
+            ]
+            + [lambda i=i: b.log_request(f"p{i}", REQUEST) for i in range(20)]
+        )
+        assert not b.log_response("p0", RESPONSE)  # mode request
+        assert not a.log_request("skip", REQUEST, headers={"Seldon-Skip-Logging": "1"})
+        await until(lambda: a.sent == 100 and b.dropped["send_error"] == 20)
+        await hub.close()
+        await sink.close()
+        return seconds, (a.sent, dict(a.dropped)), (b.sent, dict(b.dropped))
+
+    before = dropped_metric(
+        "send_error", {"deployment": "offload-test", "predictor": "model-b", "node": "model-b"}
+    )
+    seconds, a, b = run(scenario())
+    assert a == (100, {}) and b == (0, {"send_error": 20})
+    # the counts reached this process's registry
+    after = dropped_metric(
+        "send_error", {"deployment": "offload-test", "predictor": "model-b", "node": "model-b"}
+    )
+    assert after - before == 20
+    assert max(seconds) < 0.02
+    events = read_events(tmp_path)
+    assert len(events) == 100 and {e["endpoint"] for e in events} == {"model-a"}
+    assert all(set(e["headers"]) == set(HEADERS) for e in events)
+    responses = [e for e in events if e["type"] == CE_RESPONSE]
+    assert len(responses) == 50 and all(e["body"] == json.loads(RESPONSE) for e in responses)
+    assert len({e["id"] for e in events}) == 100
+
+
+def test_offloaded_loggers_count_events_after_the_child_died(tmp_path):
+    from serving.request_logger.offload import LoggerProcess
+
+    async def scenario():
+        sink = Sink(tmp_path)
+        await sink.start()
+        hub = await LoggerProcess(
+            {"p": RequestLogger(sink.url, **dict(NAMES, predictor="child-died"))}
+        ).start()
+        log = hub["p"]
+        log.log_request("before", REQUEST)
+        await until(lambda: log.sent == 1)
+        os.kill(hub.pid, 9)  # the child this test started
+        await hub._process.wait()
+        seconds = timed_calls([lambda i=i: log.log_request(f"after{i}", REQUEST) for i in range(10)])
+        await hub.close()
+        await sink.close()
+        return seconds, log.sent, dict(log.dropped)
+
+    seconds, sent, dropped = run(scenario())
+    assert sent == 1 and dropped == {"send_error": 10} and max(seconds) < 0.02
