@@ -77,6 +77,13 @@ class Predictor:
     readiness: Probe = DEFAULT_READINESS
     liveness: Probe = DEFAULT_LIVENESS
     env_secret_ref: str | None = None
+    # a ROUTER graph (serving/routers): this predictor's node is the router, ``children`` its
+    # MODEL children (each a Predictor named after its node), ``command`` the router container's
+    # command; ``orchestrator_env``: svcOrchSpec.env (the executor's, e.g. SELDON_ENABLE_ROUTING_INJECTION)
+    children: tuple[Predictor, ...] = ()
+    command: tuple[str, ...] = ()
+    parameters: tuple[dict, ...] = ()
+    orchestrator_env: dict = field(default_factory=dict)
 
     @property
     def version(self) -> str:
@@ -103,6 +110,12 @@ class Deployment:
         raise KeyError(
             f"no predictor named {name!r} in {self.name}; have {[p.name for p in self.predictors]}"
         )
+
+    @property
+    def servers(self) -> tuple[Predictor, ...]:
+        """Every node that runs a server: each predictor's root node (a model or a router, keyed by
+        the predictor's name) and a router's children (keyed by their node names)."""
+        return tuple(s for p in self.predictors for s in (p, *p.children))
 
     @property
     def traffic(self) -> dict[str, int]:
@@ -154,9 +167,11 @@ def parse(
     items = spec["predictors"]
     predictors = [_predictor(item, fail, local) for item in items]
 
+    servers = [s for p in predictors for s in (p, *p.children)]
     for kind, names in (
         ("predictor", [p.name for p in predictors]),
-        ("graph node", [p.node for p in predictors]),
+        ("graph node", [s.node for s in servers]),
+        ("predictor and router child", [s.name for s in servers]),  # one server each, keyed by name
     ):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -184,7 +199,7 @@ def _predictor(item: dict, fail, local: bool) -> Predictor:
     graph = item["graph"]
     node = graph["name"]
     if graph.get("children"):
-        raise fail(f"{where}: graph {node!r} has children; the local stack serves single-model graphs")
+        return _router(item, fail, local)
     implementation = graph.get("implementation")
     if implementation not in KNOWN_IMPLEMENTATIONS:
         raise fail(
@@ -197,11 +212,7 @@ def _predictor(item: dict, fail, local: bool) -> Predictor:
     if not model_uri:
         raise fail(f"{where}: graph.modelUri is missing")
 
-    container = {}
-    for component in item.get("componentSpecs") or []:
-        for c in (component.get("spec") or {}).get("containers", []):
-            if c["name"] == node:
-                container = c
+    container = _container(item, node)
     return Predictor(
         name=item["name"],
         traffic=item.get("traffic", 0),  # Seldon has no default but for a lone predictor (above)
@@ -214,6 +225,66 @@ def _predictor(item: dict, fail, local: bool) -> Predictor:
         readiness=Probe.from_spec(container.get("readinessProbe"), DEFAULT_READINESS),
         liveness=Probe.from_spec(container.get("livenessProbe"), DEFAULT_LIVENESS),
         env_secret_ref=graph.get("envSecretRefName"),
+        orchestrator_env=_env((item.get("svcOrchSpec") or {}).get("env")),
+    )
+
+
+def _container(item: dict, node: str) -> dict:
+    """The componentSpecs container of graph node ``node`` ({} if none)."""
+    container = {}
+    for component in item.get("componentSpecs") or []:
+        for c in (component.get("spec") or {}).get("containers", []):
+            if c["name"] == node:
+                container = c
+    return container
+
+
+def _env(items: list | None) -> dict:
+    return {e["name"]: e.get("value", "") for e in items or []}
+
+
+ROUTER_CLASSES = "serving.routers."
+
+
+def _router(item: dict, fail, local: bool) -> Predictor:
+    """A predictor whose graph is a ROUTER with MODEL children (one level: what the gateway serves)."""
+    where = f"predictor {item['name']!r}"
+    graph = item["graph"]
+    node = graph["name"]
+    if graph.get("type") != "ROUTER" or graph.get("implementation"):
+        raise fail(
+            f"{where}: graph {node!r} has children; the local stack serves a single model, "
+            "or a type: ROUTER node (a custom container, no implementation) over MODEL children"
+        )
+    children = []
+    for child in graph["children"]:
+        if child.get("children") or child.get("type", "MODEL") != "MODEL":
+            raise fail(f"{where}: router {node!r}: its children must be MODEL nodes without children")
+        children.append(
+            _predictor({**item, "name": child["name"], "graph": child, "traffic": 0}, fail, local)
+        )
+    container = _container(item, node)
+    command = tuple(container.get("command", [])) + tuple(container.get("args", []))
+    if local and not any(arg.startswith(ROUTER_CLASSES) for arg in command[1:]):
+        raise fail(
+            f"{where}: router {node!r}: the local stack runs the project's routers; give container "
+            f"{node!r} the command [python, -m, serving.microservice, {ROUTER_CLASSES}<Class>, ...]"
+        )
+    return Predictor(
+        name=item["name"],
+        traffic=item.get("traffic", 0),
+        node=node,
+        implementation="",
+        model_uri="",
+        labels=dict(item.get("labels") or {}),
+        annotations=dict(item.get("annotations") or {}),
+        env=_env(container.get("env")),
+        readiness=Probe.from_spec(container.get("readinessProbe"), DEFAULT_READINESS),
+        liveness=Probe.from_spec(container.get("livenessProbe"), DEFAULT_LIVENESS),
+        children=tuple(children),
+        command=command,
+        parameters=tuple(graph.get("parameters") or ()),
+        orchestrator_env=_env((item.get("svcOrchSpec") or {}).get("env")),
     )
 
 

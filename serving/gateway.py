@@ -18,7 +18,27 @@ Locally, one asyncio process does all of it on 127.0.0.1:
 - a body sent with ``Content-Encoding: gzip`` or ``deflate`` is decoded; a body that is not what
   its header says, or another coding, is a 400 naming the problem;
 - the manifest is re-read when it changes (or on ``POST /admin/reload``): a new traffic split
-  applies to the next request, while requests in flight finish where they were sent.
+  applies to the next request, while requests in flight finish where they were sent;
+- a predictor whose graph is a ``ROUTER`` over MODEL children is served as the v1.17.1 executor
+  serves it (``predictor_process.go``, ``api/util/utils.go``): the request goes to the router's
+  ``/route``; its answer (a SeldonMessage - ndarray, tensor or tftensor - or a bare JSON list of
+  ints; the first route counts) picks the child: ``N`` that child, ``-1`` every child (the
+  first one's response is returned), ``-2`` the request itself. With
+  ``SELDON_ENABLE_ROUTING_INJECTION`` in the predictor's ``svcOrchSpec.env`` the response's
+  ``meta`` gets ``routing`` = {router: route, child: -1}; ``meta.requestPath`` is the child's own
+  (the router's reply is dropped, as on a cluster). A feedback goes, unmodified, to the router's
+  ``/send-feedback`` and then to the child its ``response.meta.routing`` names; the answer is the
+  router's.
+
+Where 1.17.1 crashes or misroutes, the gateway answers instead (docs in serving/routers):
+
+- a route outside the children (the executor indexes ``Children[N]`` and panics): 502, since the
+  router answered wrongly, not the client;
+- a feedback without ``response.meta.routing`` for the router (1.17.1 sends it to every child,
+  and to the router with routing None), with -2 (1.17.1 panics), -1 from a router that never
+  routes there, or a routing that names no child or is not an integer: 400, and nothing is sent;
+- the router gets the feedback before the child (1.17.1: children first), so a reward the router
+  refuses reaches no one.
 
 Run by ``serving.local``; the config it is given is a JSON file (see ``GatewayConfig``).
 """
@@ -87,6 +107,65 @@ GATEWAY_REQUESTS = Histogram(
 # executor REST service names (server side) and the model container paths it calls (client side)
 UPSTREAM_PATH = {"predictions": "/predict", "feedback": "/send-feedback"}
 PUID_HEADER = "Seldon-Puid"
+ROUTE_PATH = "/route"
+ROUTING_INJECTION = "SELDON_ENABLE_ROUTING_INJECTION"  # predictor_process.go: on when non-empty
+
+
+class GraphError(Exception):
+    """A request the graph cannot serve: answered with ``status`` and Seldon's error shape."""
+
+    def __init__(self, status: int, reason: str, info: str):
+        super().__init__(info)
+        self.status, self.reason, self.info = status, reason, info
+
+    def response(self) -> web.Response:
+        return json_error(self.status, self.reason, self.info)
+
+
+def _number(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise GraphError(502, "BAD_ROUTE", f"route {value!r} is not a number")
+    return value
+
+
+def parse_route(payload: bytes) -> int:
+    """The route in a router's answer, read as ``ExtractRouteFromSeldonJson`` reads it.
+
+    A SeldonMessage: each ndarray row's first value (or the value), a tensor's values, a
+    tftensor's intVal; any other data means -1. Or a bare JSON list of ints. Only the first
+    route counts; none at all (the executor indexes ``routes[0]`` and panics) is a GraphError.
+    """
+    try:
+        message = json.loads(payload)
+    except ValueError:
+        raise GraphError(502, "BAD_ROUTE", f"the router's answer is not JSON: {payload[:80]!r}") from None
+    if isinstance(message, list):
+        if not all(isinstance(r, int) and not isinstance(r, bool) for r in message):
+            raise GraphError(502, "BAD_ROUTE", f"the router's answer {message!r:.80} is not a list of ints")
+        routes = message
+    elif isinstance(message, dict):
+        data = message.get("data") if isinstance(message.get("data"), dict) else {}
+        if "ndarray" in data:
+            rows = data["ndarray"] if isinstance(data["ndarray"], list) else []
+            routes = []
+            for row in rows:
+                if isinstance(row, list):
+                    if not row:
+                        raise GraphError(502, "BAD_ROUTE", "the router answered an empty ndarray row")
+                    row = row[0]
+                routes.append(int(_number(row)))
+        elif "tensor" in data and isinstance(data["tensor"], dict):
+            routes = [int(_number(v)) for v in data["tensor"].get("values") or []]
+        elif "tftensor" in data and isinstance(data["tftensor"], dict):
+            tf = data["tftensor"]
+            routes = [int(_number(v)) for v in tf.get("intVal", tf.get("int_val")) or []]
+        else:
+            routes = [-1]
+    else:
+        raise GraphError(502, "BAD_ROUTE", f"the router's answer {message!r:.80} is no route")
+    if not routes:
+        raise GraphError(502, "BAD_ROUTE", "the router answered no route")
+    return routes[0]
 
 
 @dataclass
@@ -150,7 +229,7 @@ class Gateway:
 
     # ---------------------------------------------------------------- configuration
     def _check_upstreams(self, deployment: sdep.Deployment) -> None:
-        missing = [p.name for p in deployment.predictors if p.name not in self.config.upstreams]
+        missing = [p.name for p in deployment.servers if p.name not in self.config.upstreams]
         if missing:
             raise sdep.DeploymentError(
                 f"{deployment.source}: predictors {missing} have no running model server; "
@@ -229,7 +308,30 @@ class Gateway:
             uuid.UUID(int=self.random_ids.getrandbits(128), version=4)
         )
         headers = {"Content-Type": request.headers.get("Content-Type", "application/json"), PUID_HEADER: puid}
-        url = self.config.upstreams[predictor.name] + UPSTREAM_PATH[service]
+        try:
+            if predictor.children:
+                status, payload, content_type = await self._call_graph(
+                    deployment, predictor, service, body, headers
+                )
+            else:
+                status, payload, content_type = await self._upstream(
+                    deployment, predictor, predictor, UPSTREAM_PATH[service], body, headers
+                )
+        except GraphError as e:
+            response = e.response()
+            response.headers[PUID_HEADER] = puid
+            return response
+        return web.Response(
+            body=payload, status=status, headers={"Content-Type": content_type, PUID_HEADER: puid}
+        )
+
+    async def _upstream(self, deployment, predictor, server, path: str, body: bytes, headers: dict):
+        """POST ``body`` to graph node ``server``'s ``path``: (status, payload, content type).
+
+        ``server`` is the predictor itself (its root node) or a router's child; an upstream that
+        is down or too slow is a GraphError (503, 504).
+        """
+        url = self.config.upstreams[server.name] + path
         start = time.perf_counter()
         try:
             async with self.session.post(url, data=body, headers=headers, timeout=self.timeout) as upstream:
@@ -239,33 +341,87 @@ class Gateway:
                     upstream.headers.get("Content-Type", "application/json"),
                 )
         except TimeoutError:
-            return json_error(
+            raise GraphError(
                 504,
                 "UPSTREAM_TIMEOUT",
-                f"predictor {predictor.name!r} (model {predictor.node!r}) did not answer within "
+                f"predictor {predictor.name!r} ({_kind(server)} {server.node!r}) did not answer within "
                 f"{self.config.upstream_timeout:g} s",
-            )
+            ) from None
         except aiohttp.ClientError as e:
-            return json_error(
+            raise GraphError(
                 503,
                 "UPSTREAM_UNAVAILABLE",
-                f"predictor {predictor.name!r} (model {predictor.node!r}) is unavailable: {type(e).__name__}",
-            )
+                f"predictor {predictor.name!r} ({_kind(server)} {server.node!r}) is unavailable: "
+                f"{type(e).__name__}",
+            ) from None
         self._client_metric(
-            deployment.name,
-            predictor.name,
-            predictor.version,
-            UPSTREAM_PATH[service],
-            predictor.node,
-            request.method,
-            status,
+            deployment.name, predictor.name, predictor.version, path, server.node, "POST", status
         ).observe(time.perf_counter() - start)
         if status >= 500:
             # the model container failed; the executor reports it without leaking a traceback page
-            logger.error("predictor %s answered %s: %s", predictor.name, status, payload[:500])
-        return web.Response(
-            body=payload, status=status, headers={"Content-Type": content_type, PUID_HEADER: puid}
+            logger.error("%s %s answered %s: %s", _kind(server), server.node, status, payload[:500])
+        return status, payload, content_type
+
+    # ---------------------------------------------------------------- ROUTER graphs
+    async def _call_graph(self, deployment, predictor, service, body: bytes, headers: dict):
+        if service == "feedback":
+            return await self._graph_feedback(deployment, predictor, body, headers)
+        status, payload, content_type = await self._upstream(
+            deployment, predictor, predictor, ROUTE_PATH, body, headers
         )
+        if status != 200:
+            return status, payload, content_type  # the router's own error (a 400 for bad JSON, ...)
+        route = parse_route(payload)
+        children = predictor.children
+        if route == -2:  # the executor returns the request as the response
+            status, payload, content_type = 200, body, headers["Content-Type"]
+            called = ()
+        elif route == -1:  # every child, in parallel; the first one's response
+            answers = await asyncio.gather(
+                *(self._upstream(deployment, predictor, c, "/predict", body, headers) for c in children)
+            )
+            status, payload, content_type = next((a for a in answers if a[0] != 200), answers[0])
+            called = children
+        elif 0 <= route < len(children):
+            child = children[route]
+            status, payload, content_type = await self._upstream(
+                deployment, predictor, child, "/predict", body, headers
+            )
+            called = (child,)
+        else:
+            raise GraphError(
+                502,
+                "BAD_ROUTE",
+                f"router {predictor.node!r} chose route {route}; it has {len(children)} children "
+                f"(0..{len(children) - 1}), -1 (all) or -2 (none)",
+            )
+        if status == 200 and predictor.orchestrator_env.get(ROUTING_INJECTION):
+            payload = _with_routing(payload, {predictor.node: route, **{c.node: -1 for c in called}})
+        return status, payload, content_type
+
+    async def _graph_feedback(self, deployment, predictor, body: bytes, headers: dict):
+        route = feedback_route(body, predictor)
+        status, payload, content_type = await self._upstream(
+            deployment, predictor, predictor, UPSTREAM_PATH["feedback"], body, headers
+        )
+        if status != 200:  # the router refused it (a reward outside [0, 1], ...): no child gets it
+            return status, payload, content_type
+        children = predictor.children if route == -1 else (predictor.children[route],)
+        answers = await asyncio.gather(
+            *(
+                self._upstream(deployment, predictor, c, UPSTREAM_PATH["feedback"], body, headers)
+                for c in children
+            )
+        )
+        failed = next((a for a in answers if a[0] != 200), None)
+        if failed is not None:
+            info = failed[1][:300].decode(errors="replace")
+            raise GraphError(
+                502 if failed[0] >= 500 else failed[0],
+                "CHILD_FEEDBACK_FAILED",
+                f"router {predictor.node!r} recorded the reward, a child answered {failed[0]}: {info}",
+            )
+        return status, payload, content_type
 
     # ---------------------------------------------------------------- handlers
     async def ingress(self, request: web.Request) -> web.Response:
@@ -357,6 +513,51 @@ class Gateway:
             await web.TCPSite(runner, self.config.host, port, backlog=1024).start()
             runners.append(runner)
         return runners
+
+
+def _kind(server: sdep.Predictor) -> str:
+    return "router" if server.children else "model"
+
+
+def _with_routing(payload: bytes, routing: dict) -> bytes:
+    """The response with ``meta.routing`` set, only when it has a ``meta`` (as the executor does)."""
+    try:
+        message = json.loads(payload)
+    except ValueError:
+        return payload
+    if isinstance(message, dict) and isinstance(message.get("meta"), dict):
+        message["meta"]["routing"] = routing
+        return json.dumps(message, separators=(",", ":")).encode()
+    return payload
+
+
+def feedback_route(body: bytes, predictor: sdep.Predictor) -> int:
+    """The child a feedback is for: ``response.meta.routing[<router node>]``; a GraphError (400) when
+    it names none (1.17.1 sends a feedback without routing to every child, and panics on -2)."""
+    node, n = predictor.node, len(predictor.children)
+    try:
+        feedback = json.loads(body)
+    except ValueError as e:
+        raise GraphError(400, "BAD_FEEDBACK", f"the feedback is not JSON: {e}") from None
+    response = feedback.get("response") if isinstance(feedback, dict) else None
+    meta = response.get("meta") if isinstance(response, dict) else None
+    routing = meta.get("routing") if isinstance(meta, dict) else None
+    if not isinstance(routing, dict) or node not in routing:
+        raise GraphError(
+            400,
+            "NO_ROUTING",
+            f"the feedback's response.meta.routing names no route for router {node!r}: send back the "
+            "prediction's response as it came (routing injection is on for this predictor only if its "
+            f"svcOrchSpec.env sets {ROUTING_INJECTION})",
+        )
+    route = routing[node]
+    if isinstance(route, bool) or not isinstance(route, int) or not -1 <= route < n:
+        raise GraphError(
+            400,
+            "BAD_ROUTING",
+            f"response.meta.routing[{node!r}] is {route!r}: a child index 0..{n - 1} (or -1: every child)",
+        )
+    return route
 
 
 @web.middleware

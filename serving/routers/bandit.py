@@ -34,13 +34,14 @@ rewards and overwrite each other's file.
 metrics, label ``branch``): ``router_branch_routed``, ``router_branch_feedback``,
 ``router_branch_reward_sum`` and ``router_branch_reward_mean``. Gauges rather than counters
 because they carry the persisted totals: after a restart they continue instead of restarting at 0.
-They are refreshed after each feedback (and on the first request after a start); ``routed`` is
-not refreshed on every route call, which would cost a round trip to seldon-core's metrics
-process per request (the gateway's client histogram counts routed requests per child).
+They are refreshed after each feedback (seldon-core labels them ``method="feedback"``), so they
+appear with the first feedback after a start; ``routed`` is not refreshed on every route call,
+which would cost a round trip to seldon-core's metrics process per request (the gateway's client
+histogram counts the requests each child served).
 
 **Route cost.** ``route_raw`` answers ``{"data": {"ndarray": [[branch]]}}`` without decoding
-the request (a bandit ignores the features) and without touching seldon-core's metrics process
-unless gauges are due; ``route(features, feature_names)`` is the same choice for other callers.
+the request (a bandit ignores the features) and without touching seldon-core's metrics process;
+``route(features, feature_names)`` is the same choice for other callers.
 """
 
 from __future__ import annotations
@@ -106,7 +107,6 @@ class Router:
         self.starts += 1
         # a restarted router must not replay the draws it made before: seed + start number
         self.rng = np.random.default_rng(None if seed is None else [int(seed), self.starts])
-        self._gauges_due = True
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({':'.join(self.branch_names)})"
@@ -133,11 +133,7 @@ class Router:
     def route_raw(self, request):
         if not isinstance(request, dict):
             raise SeldonNotImplementedError("protobuf: let seldon-core decode it")  # gRPC is not served here
-        branch = self.route(None, None)
-        response = {"data": {"names": [], "ndarray": [[branch]]}}
-        if self._gauges_due:
-            response["meta"] = {"metrics": self.metrics()}  # recorded by seldon-core, then dropped
-        return response
+        return {"data": {"names": [], "ndarray": [[self.route(None, None)]]}}
 
     # ------------------------------------------------------------------ learning
     def send_feedback(self, features, feature_names, reward, truth, routing=None):
@@ -148,7 +144,6 @@ class Router:
             self.total[branch] += reward
             self.total_sq[branch] += reward * reward
             self.learned(branch, reward)
-            self._gauges_due = True
             if self.state_file is not None:
                 self.save_state(self.state_file)
         return []
@@ -223,7 +218,6 @@ class Router:
 
     def metrics(self) -> list[dict]:
         """Per-branch gauges (seldon-core's custom metrics), refreshed after each feedback."""
-        self._gauges_due = False
         gauges = []
         means = self.means()
         for i, name in enumerate(self.branch_names):
