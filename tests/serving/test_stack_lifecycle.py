@@ -154,6 +154,8 @@ def test_a_normal_down_leaves_no_traceback_in_any_log(lifecycle):
     for log in logs:
         text = log.read_text()
         assert "Traceback" not in text and "Exception" not in text, f"{log.name}:\n{text[-3000:]}"
+    for name in ("model-a", "model-b"):  # they stopped gracefully (SIGTERM), not by SIGKILL after the grace
+        assert "Worker exiting" in (state / "logs" / f"{name}.log").read_text()
     with pytest.raises(StackNotRunning, match="python -m serving.local up"):
         stack.reload()
 
