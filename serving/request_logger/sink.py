@@ -169,6 +169,8 @@ def read_events(source: str | Path | Iterable[str | Path]) -> list[dict]:
     """Every record of a sink's folder (all its ``*.jsonl``), one file, or several files."""
     if isinstance(source, (str, Path)):
         source = Path(source)
+        if not source.exists():
+            raise FileNotFoundError(f"no request-logger events at {source}: is a sink writing there?")
         paths = sorted(source.glob("*.jsonl")) if source.is_dir() else [source]
     else:
         paths = [Path(p) for p in source]
