@@ -194,14 +194,14 @@ class LocalStack:
                 )
             stack.down()
 
-        stack.state_dir.mkdir(parents=True, exist_ok=True)
-        digest = stack._copy_manifest(manifest)
         port = DEFAULT_PORT if port is None else port
         if port and processes.port_in_use(port):
             raise StackError(
                 f"port {port} on {processes.HOST} is in use: another stack? (`{DOWN}`) "
                 "or choose another port (`up --port N`, or 0 for any free port)"
             )
+        stack.state_dir.mkdir(parents=True, exist_ok=True)
+        digest = stack._copy_manifest(manifest)
         names = [p.name for p in deployment.predictors]
         for attempt in range(1, 4):
             plan = Plan(
