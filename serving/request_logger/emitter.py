@@ -356,8 +356,8 @@ class RequestLogger:
 
     async def _send(self, event: _Event) -> None:
         body = event.body
-        if event.content_encoding:
-            try:  # the executor undoes gzip before sending (payload.DecompressBytes)
+        if event.content_encoding == "gzip":
+            try:  # the executor undoes gzip, and only gzip, before sending (payload.DecompressBytes)
                 body = decode_body(body, event.content_encoding, 1 << 30)
             except BodyError as e:
                 logger.warning("request log event %s not sent: %s", event.id, e)
