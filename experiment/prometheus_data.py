@@ -284,12 +284,15 @@ def figure_frames(
     - ``latency_distribution``: the latency distribution over the whole replay, at bucket bounds;
     - ``reward``: the dashboard's mean reward per arm over the rate window.
 
-    Waits for a scrape after ``end`` first, so the last counts are in; the windowed series run
-    on by one window past ``end`` (when the replay's last requests leave them), or to that scrape.
+    Waits for a scrape after ``end`` first, so the last counts are in. The windowed series run
+    on by one window past ``end``, when the replay's last requests leave them, even if that is
+    later than Prometheus's last scrape: a window holds the samples it has, so with a cluster's
+    15-30 s scrapes a replay of a few seconds still gets the points whose window spans a scrape
+    before it and one after it.
     """
     window = rate_window(scrape_interval)
     scraped = wait_for_scrape(url, end, timeout)
-    until = min(end + _window_seconds(window), scraped)
+    until = end + _window_seconds(window)
     if latency is None:
         fine = prometheus.query(url, f"count({GATEWAY_REQUESTS}_count{selector(deployment)})", at=scraped)
         latency = GATEWAY_REQUESTS if fine else CLIENT_REQUESTS
