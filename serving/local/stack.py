@@ -237,10 +237,16 @@ class LocalStack:
             served_now = _sha256(self.manifest_path)
         except OSError:
             served_now = None
-        if served_now != _sha256(manifest):
+        given = _sha256(manifest)
+        if served_now != given and given == plan.manifest_sha256:
             found.append(
-                f"it serves {self.manifest_path} (copied from {plan.source}), whose content differs from "
-                f"{manifest} (another manifest, or a traffic split changed since, e.g. by promotion)"
+                f"its working copy {self.manifest_path} was edited after `up` (a traffic split changed, "
+                f"e.g. by promotion), so it no longer serves {manifest} as it is"
+            )
+        elif served_now != given:
+            found.append(
+                f"it serves {self.manifest_path}, copied from {plan.source}, "
+                f"whose content differs from {manifest}"
             )
         if plan.tracking_uri != tracking_uri:
             found.append(f"it reads the tracking store {plan.tracking_uri}, not {tracking_uri}")
