@@ -71,6 +71,9 @@ class Predictor:
     node: str  # the graph node: its name is what meta.requestPath reports
     implementation: str
     model_uri: str
+    # ``shadow: true``: gets a mirror of the callers' requests (its ``traffic``, 1..100, is the
+    # mirror percentage; 0 mirrors every one, as Istio's default), its answers are discarded
+    shadow: bool = False
     labels: dict = field(default_factory=dict)
     annotations: dict = field(default_factory=dict)
     env: dict = field(default_factory=dict)  # the node container's env from componentSpecs
@@ -176,12 +179,7 @@ def parse(
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise fail(f"{kind} names must be unique, {duplicates} appear more than once")
-    if len(predictors) == 1 and "traffic" not in items[0]:
-        predictors[0] = replace(predictors[0], traffic=100)  # Seldon's default for a lone predictor
-    total = sum(p.traffic for p in predictors)
-    if total != 100:
-        split = ", ".join(f"{p.name}={p.traffic}" for p in predictors)
-        raise fail(f"traffic must add up to 100 across predictors, got {total} ({split})")
+    predictors = _check_traffic(predictors, items, fail)
 
     metadata = manifest["metadata"]
     return Deployment(
@@ -191,6 +189,28 @@ def parse(
         manifest=manifest,
         source=source,
     )
+
+
+def _check_traffic(predictors: list[Predictor], items: list[dict], fail) -> list[Predictor]:
+    """The v1.17.1 webhook's rules (``checkTraffic``, ``validateShadow``): at most one shadow, never
+    alone; the non-shadows' traffic adds up to 100 when there are two or more of them. A lone main
+    predictor (beside a shadow or not) gets every request, so it counts as 100."""
+    shadows = [p.name for p in predictors if p.shadow]
+    if len(shadows) > 1:
+        raise fail(f"Multiple shadows are not allowed ({', '.join(shadows)} have shadow: true)")
+    if shadows and len(predictors) == 1:
+        raise fail(f"Shadow can not exist as only predictor ({shadows[0]!r} has shadow: true)")
+    mains = [i for i, p in enumerate(predictors) if not p.shadow]
+    if len(mains) == 1 and (shadows or "traffic" not in items[mains[0]]):
+        # the only route (Istio: weight 100); a lone predictor with traffic set must say 100
+        predictors[mains[0]] = replace(predictors[mains[0]], traffic=100)
+    total = sum(predictors[i].traffic for i in mains)
+    if total != 100:
+        split = ", ".join(f"{predictors[i].name}={predictors[i].traffic}" for i in mains)
+        raise fail(
+            f"traffic must add up to 100 across predictors, got {total} ({split}; a shadow is not counted)"
+        )
+    return predictors
 
 
 def _predictor(item: dict, fail, local: bool) -> Predictor:
@@ -219,6 +239,7 @@ def _predictor(item: dict, fail, local: bool) -> Predictor:
         node=node,
         implementation=implementation,
         model_uri=model_uri,
+        shadow=bool(item.get("shadow", False)),
         labels=dict(item.get("labels") or {}),
         annotations=dict(item.get("annotations") or {}),
         env={e["name"]: e.get("value", "") for e in container.get("env", [])},
@@ -276,6 +297,7 @@ def _router(item: dict, fail, local: bool) -> Predictor:
         node=node,
         implementation="",
         model_uri="",
+        shadow=bool(item.get("shadow", False)),
         labels=dict(item.get("labels") or {}),
         annotations=dict(item.get("annotations") or {}),
         env=_env(container.get("env")),

@@ -3,8 +3,7 @@
 Validated like the A/B manifest: the project's schema and checks (serving.deployment.load) and
 Seldon's v1.17.1 CRD. The operator's admission webhook rules for shadows (``checkTraffic`` and
 ``validateShadow`` in operator/apis/machinelearning.seldon.io/v1/seldondeployment_webhook.go) are
-written out below as the reference the local checks should match; where serving/deployment.py
-does not match them yet, the test is marked xfail(strict=True) naming the check to change.
+written out below as the reference the local checks (serving/deployment.py) match.
 """
 
 from __future__ import annotations
@@ -100,50 +99,24 @@ def test_the_reference_rules_are_the_webhooks():
     assert webhook_errors(edited(lambda m: predictor(1)(m).update(traffic=100))) == []
 
 
-GAP = "serving/deployment.py parse(): "
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason=GAP + "Predictor has no `shadow` field, so the gateway cannot tell the shadow from an arm "
-    "(needs `shadow: bool = False`, read from the predictor's `shadow`)",
-)
 def test_the_predictor_knows_it_is_a_shadow():
     deployment = sdep.load(SHADOW)
     assert deployment.predictor("model-b").shadow is True
     assert deployment.predictor("model-a").shadow is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=sdep.DeploymentError,
-    reason=GAP + "`total = sum(p.traffic for p in predictors)` counts the shadow's traffic; the webhook "
-    "sums non-shadows only, and a shadow's traffic (0..100) is its mirror percentage",
-)
 def test_a_shadow_mirroring_100_percent_is_accepted():
     manifest = edited(lambda m: predictor(1)(m).update(traffic=100))
     assert webhook_errors(manifest) == []
     assert sdep.parse(manifest).traffic["model-b"] == 100
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=sdep.DeploymentError,
-    reason=GAP + "with one main predictor and a shadow the webhook does not check the main's traffic "
-    "(it receives every request); the local check wants it to add up to 100",
-)
 def test_a_lone_main_without_traffic_beside_a_shadow_is_accepted():
     manifest = edited(lambda m: predictor(0)(m).pop("traffic"))
     assert webhook_errors(manifest) == []
     assert sdep.parse(manifest).traffic["model-a"] == 100  # as for a lone predictor: every caller
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,  # "DID NOT RAISE"
-    reason=GAP + "no check for 'Multiple shadows are not allowed' (webhook checkTraffic)",
-)
 def test_two_shadows_are_refused():
     manifest = edited(lambda m: m["spec"]["predictors"].append(_third_shadow(m)))
     assert webhook_errors(manifest) == ["Multiple shadows are not allowed"]
@@ -151,12 +124,6 @@ def test_two_shadows_are_refused():
         sdep.parse(manifest)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,  # "DID NOT RAISE"
-    reason=GAP + "no check for 'Shadow can not exist as only predictor' (webhook validateShadow); "
-    "the lone-predictor default of traffic 100 would even send callers to the shadow",
-)
 def test_a_shadow_alone_is_refused():
     manifest = edited(lambda m: m["spec"].update(predictors=[m["spec"]["predictors"][1]]))
     predictor(0)(manifest).pop("traffic")
