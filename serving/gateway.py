@@ -30,6 +30,14 @@ Locally, one asyncio process does all of it on 127.0.0.1:
   ``/send-feedback`` and then to the child its ``response.meta.routing`` names; the answer is the
   router's.
 
+A ``shadow: true`` predictor gets no route: each ingress prediction is mirrored to it after the
+caller's answer is ready, as Istio's ``mirror`` does (every request when its traffic is 0, else that
+percentage); its answer is discarded, its own executor metrics and logger record it, and at most
+``shadow_max_in_flight`` mirrors wait for it (the rest are counted in
+``gateway_shadow_requests_skipped_total``). Graph nodes with a ``logger`` log their requests,
+successful responses and feedback as the executor does (serving/request_logger), from a child
+process, so a slow or dead logger never reaches the caller.
+
 Where 1.17.1 crashes or misroutes, the gateway answers instead (docs in serving/routers):
 
 - a route outside the children (the executor indexes ``Children[N]`` and panics): 502, since the
@@ -51,6 +59,7 @@ import json
 import logging
 import os
 import random
+import signal
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -58,11 +67,12 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 
 from serving import aio
 from serving import deployment as sdep
 from serving.encoding import BodyError, decode_body
+from serving.request_logger import LoggerProcess, RequestLogger
 
 logger = logging.getLogger("serving.gateway")
 
@@ -102,6 +112,14 @@ GATEWAY_REQUESTS = Histogram(
     "Latency of the requests the gateway served (fine buckets)",
     ["deployment_name", "predictor_name", "predictor_version", "service", "method", "code"],
     buckets=FINE_BUCKETS,
+)
+
+# Mirrors the gateway did not send because too many were still in flight (Istio drops a mirror it
+# cannot send without telling anyone; here it is counted)
+SHADOW_SKIPPED = Counter(
+    "gateway_shadow_requests_skipped",
+    "Requests not mirrored to the shadow predictor because too many mirrors were in flight",
+    ["deployment_name", "predictor_name"],
 )
 
 # executor REST service names (server side) and the model container paths it calls (client side)
@@ -180,6 +198,7 @@ class GatewayConfig:
     upstream_timeout: float = 5.0  # seconds; Seldon's default rest-timeout is 5000 ms
     reload_interval: float = 0.5
     seed: int | None = None
+    shadow_max_in_flight: int = 64  # mirrors waiting for the shadow beyond this are skipped and counted
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> GatewayConfig:
@@ -203,11 +222,13 @@ class Routes:
     deployment: sdep.Deployment
     names: list[str] = field(default_factory=list)
     weights: list[int] = field(default_factory=list)
+    shadow: sdep.Predictor | None = None  # gets a mirror of the ingress's predictions, never a route
 
     @classmethod
     def of(cls, deployment: sdep.Deployment) -> Routes:
-        live = [p for p in deployment.predictors if p.traffic > 0]
-        return cls(deployment, [p.name for p in live], [p.traffic for p in live])
+        live = [p for p in deployment.predictors if p.traffic > 0 and not p.shadow]
+        shadow = next((p for p in deployment.predictors if p.shadow), None)
+        return cls(deployment, [p.name for p in live], [p.traffic for p in live], shadow)
 
 
 class Gateway:
@@ -226,6 +247,10 @@ class Gateway:
         # so each child is kept once (a profile put the lookups at a few % of the gateway's CPU)
         self._server_children: dict[tuple, tuple] = {}
         self._client_children: dict[tuple, object] = {}
+        # the graph nodes' request loggers, sending from a child process (serving/request_logger)
+        self.hub: LoggerProcess | None = None
+        self.mirrors: set[asyncio.Task] = set()  # in flight to the shadow
+        self.mirrored = self.mirror_skipped = 0
 
     # ---------------------------------------------------------------- configuration
     def _check_upstreams(self, deployment: sdep.Deployment) -> None:
@@ -252,6 +277,7 @@ class Gateway:
             logger.error("manifest not applied, still serving %s: %s", self.routes.deployment.traffic, e)
             return {"applied": False, "error": self.reload_error, "traffic": self.routes.deployment.traffic}
         self.mtime = mtime
+        await self._start_loggers(deployment)
         self.routes = Routes.of(deployment)  # one assignment: requests in flight keep their arm
         self.reload_error = None
         self.reloads += 1
@@ -272,9 +298,15 @@ class Gateway:
     async def forward(self, request: web.Request, predictor: sdep.Predictor, service: str) -> web.Response:
         start = time.perf_counter()
         deployment = self.routes.deployment
-        response = await self._call_model(request, deployment, predictor, service)
+        body = await request.read()
+        response = await self._call_model(request.headers, body, deployment, predictor, service)
+        self._observe(deployment, predictor, service, request.method, response.status, start)
+        return response
+
+    def _observe(self, deployment, predictor, service: str, method: str, status: int, start: float) -> None:
+        """The executor's server histogram (and the fine one) for one request ``predictor`` served."""
         seconds = time.perf_counter() - start
-        key = (deployment.name, predictor.name, predictor.version, service, request.method, response.status)
+        key = (deployment.name, predictor.name, predictor.version, service, method, status)
         children = self._server_children.get(key)
         if children is None:
             labels = (*key[:5], str(key[5]))
@@ -284,7 +316,6 @@ class Gateway:
             )
         children[0].observe(seconds)
         children[1].observe(seconds)
-        return response
 
     def _client_metric(self, deployment, predictor, version, service, node, method, status):
         key = (deployment, predictor, version, service, node, method, status)
@@ -296,18 +327,25 @@ class Gateway:
             )
         return child
 
-    async def _call_model(self, request, deployment, predictor, service) -> web.Response:
-        body = await request.read()
-        if "Content-Encoding" in request.headers:
+    async def _call_model(self, request_headers, body: bytes, deployment, predictor, service) -> web.Response:
+        if "Content-Encoding" in request_headers:
             try:
-                body = decode_body(body, request.headers["Content-Encoding"], self.config.max_body_bytes)
+                body = decode_body(body, request_headers["Content-Encoding"], self.config.max_body_bytes)
             except BodyError as e:
                 return json_error(e.status, e.reason, str(e))
         # a fresh request id, as the executor makes one (random bits are cheaper than uuid4())
-        puid = request.headers.get(PUID_HEADER) or str(
+        puid = request_headers.get(PUID_HEADER) or str(
             uuid.UUID(int=self.random_ids.getrandbits(128), version=4)
         )
-        headers = {"Content-Type": request.headers.get("Content-Type", "application/json"), PUID_HEADER: puid}
+        headers = {"Content-Type": request_headers.get("Content-Type", "application/json"), PUID_HEADER: puid}
+        # the node's request logger (predictor_process.go): the request (or feedback) as received,
+        # the response on success only; queued for the logger process, never awaited
+        log = self.hub.get(predictor.name) if self.hub is not None else None
+        if log is not None:
+            if service == "feedback":
+                log.log_feedback(puid, body, headers["Content-Type"], headers=request_headers)
+            else:
+                log.log_request(puid, body, headers["Content-Type"], headers=request_headers)
         try:
             if predictor.children:
                 status, payload, content_type = await self._call_graph(
@@ -321,6 +359,8 @@ class Gateway:
             response = e.response()
             response.headers[PUID_HEADER] = puid
             return response
+        if log is not None and service == "predictions" and 200 <= status < 300:
+            log.log_response(puid, payload, content_type, headers=request_headers)
         return web.Response(
             body=payload, status=status, headers={"Content-Type": content_type, PUID_HEADER: puid}
         )
@@ -438,7 +478,43 @@ class Gateway:
         if not routes.names:
             return json_error(503, "NO_TRAFFIC", "every predictor has traffic 0")
         chosen = self.random.choices(routes.names, weights=routes.weights)[0]
-        return await self.forward(request, routes.deployment.predictor(chosen), request.match_info["service"])
+        service = request.match_info["service"]
+        response = await self.forward(request, routes.deployment.predictor(chosen), service)
+        if routes.shadow is not None and service == "predictions":
+            # started after the caller's answer is built: it is written before the mirror's first step
+            self.mirror(routes.deployment, routes.shadow, request.headers, await request.read())
+        return response
+
+    # ---------------------------------------------------------------- shadow
+    def mirror(self, deployment, shadow: sdep.Predictor, headers, body: bytes) -> None:
+        """Send a copy of a prediction to the shadow predictor, as Istio's ``mirror`` does: fire and
+        forget (the answer is discarded), every request when the shadow's traffic is 0, else that
+        percentage. The shadow's executor is stood in for as any other's: its own metrics
+        (predictor_name = the shadow) and logger, the caller's ``Seldon-Puid`` or a puid of its own.
+
+        Only predictions are mirrored: a feedback through the ingress names the main arm's
+        response, and feedback.py sends each arm's feedback to that arm's own port.
+        """
+        if shadow.traffic and self.random_ids.random() * 100 >= shadow.traffic:
+            return
+        if len(self.mirrors) >= self.config.shadow_max_in_flight:
+            # a slow or dead shadow must not pile up tasks (memory, CPU) in the caller's gateway
+            self.mirror_skipped += 1
+            SHADOW_SKIPPED.labels(deployment.name, shadow.name).inc()
+            return
+        self.mirrored += 1
+        task = asyncio.create_task(self._mirror(deployment, shadow, headers, body))
+        self.mirrors.add(task)
+        task.add_done_callback(self.mirrors.discard)
+
+    async def _mirror(self, deployment, shadow: sdep.Predictor, headers, body: bytes) -> None:
+        start = time.perf_counter()
+        try:
+            response = await self._call_model(headers, body, deployment, shadow, "predictions")
+        except Exception:  # nothing of the shadow's may reach the caller or the event loop's log spam
+            logger.exception("mirror to shadow %s failed", shadow.name)
+            return
+        self._observe(deployment, shadow, "predictions", "POST", response.status, start)
 
     def predictor_handler(self, predictor_name: str):
         async def handle(request: web.Request) -> web.Response:
@@ -469,6 +545,20 @@ class Gateway:
                 "traffic": deployment.traffic,
                 "reloads": self.reloads,
                 "reload_error": self.reload_error,
+                "shadow": None
+                if self.routes.shadow is None
+                else {
+                    "predictor": self.routes.shadow.name,
+                    "mirrored": self.mirrored,
+                    "skipped": self.mirror_skipped,
+                    "in_flight": len(self.mirrors),
+                },
+                "request_logger": None
+                if self.hub is None
+                else {
+                    name: {"sent": log.sent, "dropped": dict(log.dropped)}
+                    for name, log in self.hub.loggers.items()
+                },
             }
         )
 
@@ -496,7 +586,25 @@ class Gateway:
         app.router.add_get("/ready", self.ready)
         return app
 
+    async def _start_loggers(self, deployment: sdep.Deployment) -> None:
+        """Run the manifest's request loggers (a new logger process when their specs changed)."""
+        loggers = RequestLogger.for_manifest(deployment.manifest)
+        old = self.hub
+        if (old.configs if old else []) == (LoggerProcess(loggers).configs if loggers else []):
+            return
+        self.hub = await LoggerProcess(loggers).start() if loggers else None
+        if old is not None:
+            asyncio.create_task(old.close())  # it sends what it holds; new events go to the new one
+
+    async def close(self) -> None:
+        """At shutdown: the loggers send what they hold (the mirrors in flight are abandoned)."""
+        for task in list(self.mirrors):
+            task.cancel()
+        if self.hub is not None:
+            await self.hub.close()
+
     async def start(self) -> list[web.AppRunner]:
+        await self._start_loggers(self.routes.deployment)
         # keep-alive connections to the model servers (gunicorn's threaded worker keeps them open
         # 2 s; dropping ours after 1.5 s means a request is never written to one it is closing)
         self.session = aiohttp.ClientSession(
@@ -587,7 +695,13 @@ async def serve(config: GatewayConfig) -> None:
         gateway.routes.deployment.traffic,
         config.predictor_ports,
     )
-    await gateway.watch_manifest()
+    # SIGTERM (the supervisor's stop): let the request loggers send what they hold, then exit
+    stopping = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
+    watcher = asyncio.create_task(gateway.watch_manifest())
+    await stopping.wait()
+    watcher.cancel()
+    await gateway.close()
 
 
 def main(argv=None) -> None:
