@@ -224,7 +224,9 @@ def figure(result: dict, live: dict, rewards: np.ndarray, ab_arms: np.ndarray, p
         ("A/B test, 50/50", ab_got, {}),
         (f"always {ARMS[1 - better]}", rewards[:, 1 - better], {"color": "grey", "ls": ":"}),
     ):
-        ax.plot(rows, np.cumsum(got) / rows, label=f"{label}: {got.sum():.0f}", **style)
+        # from the 50th request: the first few means swing over the whole axis
+        start = min(50, len(rows) - 1)
+        ax.plot(rows[start:], (np.cumsum(got) / rows)[start:], label=f"{label}: {got.sum():.0f}", **style)
     ax.set(
         title="Cumulative reward (legend), per request so far",
         xlabel="requests (hold-out rows, same order)",
