@@ -15,7 +15,11 @@ To stop it, send SIGTERM to this process only, as the kubelet signals a containe
 (``serving.local.processes.stop_groups`` does, then SIGKILLs the group after a grace period).
 SIGTERM to its whole process group also reaches the ``multiprocessing.Manager`` that holds the
 metrics; it dies first, and each gunicorn worker's exit hook (``seldon_metrics.clear()``) then
-logs a ConnectionRefusedError traceback.
+logs a ConnectionRefusedError traceback. A worker that stops normally then leaves at once, after
+seldon-core's exit hook (``os._exit(0)``): tearing its interpreter down (freeing the MLflow,
+pandas and scikit-learn objects; py-spy: ``gc_collect_main``) took ~3 s, which the gunicorn master
+and ``down`` waited for. Its requests are finished by then (gunicorn waits for them); a worker
+that fails keeps its exit code.
 
 One more difference: JSON nested thousands of levels deep makes Flask's parser raise
 RecursionError, which seldon-core turns into a 500; here it is the 400 it deserves. So is a
@@ -173,6 +177,19 @@ def _update_reward_once(self, reward):
     )
 
 
+_worker_exit = microservice.worker_exit  # seldon-core's: clears the dying worker's metrics
+
+
+def _worker_exit_without_teardown(server, worker, seldon_metrics) -> None:
+    _worker_exit(server, worker, seldon_metrics=seldon_metrics)
+    # gunicorn calls this hook in a `finally`, with the worker's SystemExit on its way out
+    leaving = sys.exc_info()[1]
+    if isinstance(leaving, SystemExit) and leaving.code in (0, None):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
 def main() -> None:
     gunicorn_utils.StandaloneApplication.load_config = _load_config_on_host
     wrapper.get_rest_microservice = _rest_microservice_with_json_limits
@@ -181,6 +198,7 @@ def main() -> None:
     metrics.SeldonMetrics.__init__ = _metrics_with_a_process_lock
     metrics.SeldonMetrics.update = _update_whole
     metrics.SeldonMetrics.update_reward = _update_reward_once
+    microservice.worker_exit = _worker_exit_without_teardown
     os.environ["SELDON_DEBUG"] = "false"  # the debug server binds all interfaces
     sys.argv += ["--grpc-workers", "0"]  # the gRPC server binds all interfaces (argparse keeps the last)
     microservice.main()
