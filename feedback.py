@@ -81,6 +81,10 @@ LOG_COLUMNS = [
     "attempts",  # requests sent for the row: 2 (a prediction and a feedback) when none was retried
     "error",
 ]
+# a monitored replay (``replay(..., monitor=...)``) adds: the look (the row's place in the order rows
+# completed, which is the order the monitor saw them) and the monitor's decision at that look
+MONITOR_COLUMNS = ["look", "decision"]
+AFTER_STOP = "after stop"  # a row that was in flight when the monitor stopped: logged, not looked at
 
 
 def reward(truth: float, prediction: float) -> float:
@@ -114,6 +118,11 @@ class ReplayResult:
     failures: pd.DataFrame = field(default_factory=pd.DataFrame)
     started: float = 0.0  # wall-clock (Unix) times of the replay, e.g. for Prometheus range queries
     finished: float = 0.0
+    decision: str | None = (
+        None  # a monitored replay: the monitor's decision (``continue``: it ran out of rows)
+    )
+    reason: str = ""  # ... and why
+    look: int | None = None  # ... and the look at which it stopped
 
     @property
     def sent(self) -> int:
@@ -127,10 +136,14 @@ class ReplayResult:
         ok = int((self.log["feedback_status"] == 200).sum())
         arms = ", ".join(f"{arm}: {n}" for arm, n in self.per_arm().items())
         pace = self.sent / max(self.seconds, 1e-9)
-        return (
+        text = (
             f"replayed {self.sent} hold-out rows in {self.seconds:.1f} s ({pace:.0f}/s); "
             f"feedback accepted {ok} ({arms}); failed {len(self.failures)}"
         )
+        if self.decision is not None:
+            where = f"stopped at look {self.look:,}" if self.look else "ran out of rows"
+            text += f"; monitor: {self.decision} ({where}: {self.reason})"
+        return text
 
 
 # ------------------------------------------------------------------------------------ replay
@@ -285,38 +298,67 @@ class Replayer:
         concurrency: int,
         progress: bool,
         rate: float | None = None,
+        monitor=None,
     ) -> list[dict]:
         semaphore = asyncio.Semaphore(concurrency)
+        stopped = asyncio.Event()
+        looks = 0
         bar = tqdm(total=len(ids), desc="replay", unit="req", disable=not progress)
         connections = Connections(concurrency)
 
         loop = asyncio.get_running_loop()
         begin = loop.time()
 
-        async def bounded(i: int) -> dict:
+        async def bounded(i: int) -> dict | None:
+            nonlocal looks
             if rate:  # production pace: row i starts at i / rate seconds, not as soon as it can
-                await asyncio.sleep(max(0.0, begin + i / rate - loop.time()))
+                delay = begin + i / rate - loop.time()
+                if delay > 0:
+                    try:  # a stop wakes every waiting row at once
+                        await asyncio.wait_for(stopped.wait(), delay)
+                    except TimeoutError:
+                        pass
+            if stopped.is_set():
+                return None  # the monitor decided: rows not yet sent are not sent
             async with semaphore:
+                if stopped.is_set():
+                    return None
                 row = await self.one(connections, int(ids[i]), features[i : i + 1], float(truths[i]))
             bar.update()
+            if monitor is not None:
+                looks += 1
+                row["look"] = looks
+                if stopped.is_set():
+                    row["decision"] = AFTER_STOP
+                else:  # the monitor sees rows in the order they complete; its add() is O(1)
+                    row["decision"] = monitor.add(row)
+                    if monitor.stopped:
+                        stopped.set()
             return row
 
         try:
             # rows start in order; gather keeps the log in that order
-            return await asyncio.gather(*(bounded(i) for i in range(len(ids))))
+            rows = await asyncio.gather(*(bounded(i) for i in range(len(ids))))
+            return [row for row in rows if row is not None]
         finally:
             bar.close()
             await connections.close()
 
     def replay(
-        self, rows: pd.DataFrame, concurrency: int = 8, progress: bool = True, rate: float | None = None
+        self,
+        rows: pd.DataFrame,
+        concurrency: int = 8,
+        progress: bool = True,
+        rate: float | None = None,
+        monitor=None,
     ) -> pd.DataFrame:
         features = rows[FEATURES].to_numpy(dtype="float64")
         truths = rows[TARGET].to_numpy(dtype="float64")
         ids = rows.index.to_numpy()
         # aio.run gives it a loop of its own, in a thread when a notebook's kernel already runs one
-        results = aio.run(self._replay(features, truths, ids, concurrency, progress, rate))
-        return pd.DataFrame(results, columns=LOG_COLUMNS)
+        results = aio.run(self._replay(features, truths, ids, concurrency, progress, rate, monitor))
+        columns = LOG_COLUMNS + (MONITOR_COLUMNS if monitor is not None else [])
+        return pd.DataFrame(results, columns=columns)
 
 
 def holdout_rows(seed: int = SEED, limit: int | None = None) -> pd.DataFrame:
@@ -337,8 +379,18 @@ def replay(
     progress: bool = True,
     rate: float | None = None,
     deadline: float = DEFAULT_DEADLINE,
+    monitor=None,
 ) -> ReplayResult:
-    """Replay the hold-out rows; return the per-request log (also written as CSV)."""
+    """Replay the hold-out rows; return the per-request log (also written as CSV).
+
+    ``monitor``: watch the experiment while it runs and stop when it decides. Any object with
+    ``add(row) -> decision`` (called with each completed row, in completion order), ``stopped``,
+    ``reason`` and ``look``; ``experiment.monitored.RunMonitor`` is the sequential test with
+    guardrails (``experiment.run_monitored`` builds it from a plan). Once it stops, rows not yet
+    sent are not sent; rows in flight finish and are logged as ``after stop``. The log gains the
+    columns ``look`` and ``decision``: the stopping look is the row whose decision is not
+    ``continue``.
+    """
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
     if limit is not None and limit < 1:
@@ -349,7 +401,7 @@ def replay(
     rows = holdout_rows(seed, limit)
     started, start = time.time(), time.perf_counter()
     replayer = Replayer(endpoints, feedback_via, retries, deadline=deadline)
-    log = replayer.replay(rows, concurrency, progress, rate)
+    log = replayer.replay(rows, concurrency, progress, rate, monitor)
     seconds, finished = time.perf_counter() - start, time.time()
     if log_path is None:
         RUNS_DIR.mkdir(exist_ok=True)
@@ -358,9 +410,12 @@ def replay(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log.to_csv(log_path, index=False)
     failures = log[log["feedback_status"] != 200]
-    return ReplayResult(
+    result = ReplayResult(
         log=log, seconds=seconds, path=log_path, failures=failures, started=started, finished=finished
     )
+    if monitor is not None:
+        result.decision, result.reason, result.look = monitor.decision, monitor.reason, monitor.look
+    return result
 
 
 def main(argv=None) -> int:
