@@ -89,9 +89,8 @@ def main(argv=None) -> None:
             client.set_registered_model_alias(MODEL_NAME, args.alias, version)
 
     print(f"run {name}")
-    print(
-        f"  alpha={args.alpha:g} l1_ratio={args.l1_ratio:g}  hold-out: RMSE={rmse:.4f} MAE={mae:.4f} R2={r2:.4f}"
-    )
+    print(f"  alpha={args.alpha:g} l1_ratio={args.l1_ratio:g}", end="  ")
+    print(f"hold-out: RMSE={rmse:.4f} MAE={mae:.4f} R2={r2:.4f}")
     alias = f" @{args.alias}" if args.alias else ""
     print(f"  registered {MODEL_NAME} version {version}{alias}")
 
