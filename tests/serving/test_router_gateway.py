@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from seldon_core.flask_utils import SeldonMicroserviceException
+from seldon_core.utils import construct_response_json
 
 from serving.gateway import GatewayConfig, GraphError, feedback_route, parse_route
 from serving.local import free_port
@@ -44,11 +45,14 @@ class Arm:
     def __init__(self, value: float = 0.0):
         self.value = float(value)
 
-    def predict(self, X, feature_names, **kwargs):
-        X = np.asarray(X)
-        if X.ndim != 2:  # as the project's model server, a 400 (stock seldon-core would say 500)
-            raise SeldonMicroserviceException(f"expected rows of features, got {X.ndim} dimensions")
-        return np.full((len(X), 1), self.value)
+    # as the project's model server (serving/mlflow_server.py): the raw request, checked here, so a
+    # malformed one is a 400 (seldon-core's own parsing answers 500 to a ragged ndarray)
+    def predict_raw(self, request):
+        data = request.get("data") if isinstance(request, dict) else None
+        rows = data.get("ndarray") if isinstance(data, dict) else None
+        if not isinstance(rows, list) or not all(isinstance(row, list) for row in rows):
+            raise SeldonMicroserviceException("expected data.ndarray: a list of rows", status_code=400)
+        return construct_response_json(self, False, request, np.full((len(rows), 1), self.value))
 
     def send_feedback(self, features, feature_names, reward, truth, routing=None):
         return []
