@@ -43,10 +43,11 @@ Where 1.17.1 crashes or misroutes, the gateway answers instead (docs in serving/
 - a route outside the children (the executor indexes ``Children[N]`` and panics): 502, since the
   router answered wrongly, not the client;
 - a feedback without ``response.meta.routing`` for the router (1.17.1 sends it to every child,
-  and to the router with routing None), with -2 (1.17.1 panics), -1 from a router that never
-  routes there, or a routing that names no child or is not an integer: 400, and nothing is sent;
+  and to the router with routing None), with -2 (1.17.1 panics), or a routing that names no
+  child or is not an integer: 400, and nothing is sent;
 - the router gets the feedback before the child (1.17.1: children first), so a reward the router
-  refuses reaches no one.
+  refuses reaches no one: the project's routers refuse -1 ("every child ran": no arm to credit)
+  and a reward outside [0, 1] with a 400.
 
 Run by ``serving.local``; the config it is given is a JSON file (see ``GatewayConfig``).
 """
