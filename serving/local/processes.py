@@ -60,6 +60,18 @@ def alive(pid: int | None) -> bool:
         return True
 
 
+def ours(pid: int | None, state_dir: Path) -> bool:
+    """``pid`` is a live process of the stack in ``state_dir`` (not a stranger that reused the pid
+    of a supervisor that died, say before a reboot)."""
+    if not pid:
+        return False
+    try:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE and process.environ().get(MARKER) == str(state_dir)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+
+
 def marked(state_dir: Path) -> list[psutil.Process]:
     """Every live process that carries this stack's marker, orphans included."""
     value = str(state_dir)

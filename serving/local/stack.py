@@ -25,6 +25,8 @@ from serving import deployment as sdep
 from serving import prometheus
 from serving.local import processes
 from serving.local.supervisor import REPO, Plan, choose_ports
+from serving.request_logger import local_sink_ports
+from serving.request_logger.sink import LOCAL_HOSTS
 
 DEFAULT_STATE_DIR = REPO / ".stack"
 DEFAULT_PORT = 8003  # the ingress port of the original example's curl command
@@ -95,7 +97,7 @@ class LocalStack:
         return self.state_dir / "manifest.yaml"
 
     def running(self) -> bool:
-        return processes.alive(self.state.get("supervisor"))
+        return processes.ours(self.state.get("supervisor"), self.state_dir)
 
     def require_running(self) -> None:
         if not self.running():
@@ -200,8 +202,15 @@ class LocalStack:
                 f"port {port} on {processes.HOST} is in use: another stack? (`{DOWN}`) "
                 "or choose another port (`up --port N`, or 0 for any free port)"
             )
+        sinks = local_sink_ports(deployment.manifest)
+        for taken in sorted(p for p in sinks if port and processes.port_in_use(p)):
+            raise StackError(
+                f"port {taken} on {processes.HOST}, where the manifest's request logger sends, is in use: "
+                f"another stack? (`{DOWN}`) or use any free ports (`up --port 0`)"
+            )
         stack.state_dir.mkdir(parents=True, exist_ok=True)
         digest = stack._copy_manifest(manifest)
+        served_sha256 = stack._move_sinks(sinks) if not port and sinks else None
         names = [p.name for p in deployment.predictors]
         for attempt in range(1, 4):
             plan = Plan(
@@ -212,6 +221,7 @@ class LocalStack:
                 tracking_uri=tracking_uri,
                 models=models,
                 gateway_seed=gateway_seed,
+                served_sha256=served_sha256,
                 **choose_ports(names, port),
             )
             stack._start(plan)
@@ -238,7 +248,9 @@ class LocalStack:
         except OSError:
             served_now = None
         given = _sha256(manifest)
-        if served_now != given and given == plan.manifest_sha256:
+        if plan.served_sha256 and served_now == plan.served_sha256 and given == plan.manifest_sha256:
+            pass  # served as `up` wrote it (its request-logger URLs on free ports)
+        elif served_now != given and given == plan.manifest_sha256:
             found.append(
                 f"its working copy {self.manifest_path} was edited after `up` (a traffic split changed, "
                 f"e.g. by promotion), so it no longer serves {manifest} as it is"
@@ -274,6 +286,30 @@ class LocalStack:
             tmp.write_bytes(content)
             os.replace(tmp, self.manifest_path)
         return hashlib.sha256(content).hexdigest()
+
+    def _move_sinks(self, ports: set[int]) -> str:
+        """On free ports: the working copy's loopback logger URLs get free ports too (the declared
+        one may be another stack's sink); returns the working copy's new sha256."""
+        from urllib.parse import urlsplit
+
+        from serving import manifest as yaml_manifest
+
+        moved = dict(zip(sorted(ports), processes.free_ports(len(ports)), strict=True))
+        document = yaml_manifest.load(self.manifest_path)
+
+        def walk(node) -> None:
+            logger = node.get("logger")
+            url = logger.get("url") if logger else None
+            if url and urlsplit(url).hostname in LOCAL_HOSTS and (urlsplit(url).port or 80) in moved:
+                parts = urlsplit(url)
+                logger["url"] = parts._replace(netloc=f"{parts.hostname}:{moved[parts.port or 80]}").geturl()
+            for child in node.get("children") or []:
+                walk(child)
+
+        for predictor in document["spec"]["predictors"]:
+            walk(predictor["graph"])
+        yaml_manifest.write(document, self.manifest_path)
+        return _sha256(self.manifest_path)
 
     def _start(self, plan: Plan) -> None:
         """Write the plan and start the supervisor in a session of its own."""
@@ -346,15 +382,10 @@ class LocalStack:
 
         Also stops what a supervisor killed with SIGKILL left running (found by ``MARKER``).
         """
-        state = self.state
-        supervisor = state.get("supervisor")
-        found = processes.marked(self.state_dir)
-        targets = {p.pid for p in found} | {
-            pid
-            for pid in [supervisor, *(proc.get("pid") for proc in state.get("processes", {}).values())]
-            if processes.alive(pid)
-        }
-        if processes.alive(supervisor):
+        supervisor = self.state.get("supervisor")
+        # only processes that carry this stack's marker: a pid in a stale state.json may be a stranger's now
+        targets = {p.pid for p in processes.marked(self.state_dir)}
+        if supervisor in targets:
             # it stops its process groups itself: SIGTERM to each leader, a grace period, SIGKILL
             processes.stop_groups([supervisor], grace=timeout)
         left = processes.marked(self.state_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -10,8 +11,9 @@ import textwrap
 import time
 
 import psutil
+import pytest
 
-from serving.local import processes
+from serving.local import LocalStack, StackNotRunning, processes
 from serving.local.processes import MARKER, ROLE
 
 
@@ -72,6 +74,8 @@ def test_a_marked_group_is_found_and_only_its_leader_gets_sigterm(tmp_path):
 
     found = processes.stack_pids(tmp_path)
     assert leader.pid in found and len(found) == 2  # the child inherited the marker
+    assert processes.ours(leader.pid, tmp_path) and not processes.ours(leader.pid, tmp_path / "other")
+    assert not processes.ours(os.getpid(), tmp_path)  # alive, but not one of the stack's
     rows = processes.describe(processes.marked(tmp_path))
     assert {r["role"] for r in rows} == {"model-a"} and {r["group"] for r in rows} == {leader.pid}
 
@@ -82,3 +86,22 @@ def test_a_marked_group_is_found_and_only_its_leader_gets_sigterm(tmp_path):
     # the leader stopped on its SIGTERM; the child got none, it went with the group's SIGKILL
     assert (tmp_path / "leader").read_text() == "TERM"
     assert not (tmp_path / "child").exists()
+
+
+def test_a_stale_state_naming_a_strangers_pid_is_not_a_running_stack_and_down_spares_it(tmp_path):
+    """After a reboot, say, state.json's supervisor pid can belong to an unrelated process."""
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "state.json").write_text(
+            json.dumps({"supervisor": stranger.pid, "processes": {"model-a": {"pid": stranger.pid}}})
+        )
+        stack = LocalStack(tmp_path)
+        assert not stack.running()
+        assert stack.status()["orphans"] == []
+        with pytest.raises(StackNotRunning, match="no local stack is running"):
+            stack.reload()
+        assert stack.down() == []
+        assert stranger.poll() is None  # still running: never signalled
+    finally:
+        stranger.kill()
+        stranger.wait()
