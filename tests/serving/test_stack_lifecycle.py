@@ -149,7 +149,7 @@ def test_a_normal_down_leaves_no_traceback_in_any_log(lifecycle):
     stopped = stack.down()
     assert stopped and stack_pids(state) == []
     logs = sorted((state / "logs").glob("*.log")) + [state / "supervisor.log"]
-    assert len(logs) == 5  # model-a, model-b, gateway, prometheus, supervisor
+    assert {log.stem for log in logs} >= {"model-a", "model-b", "gateway", "prometheus", "supervisor"}
     # these logs hold two shutdowns: the replaced stack's and this one
     for log in logs:
         text = log.read_text()
