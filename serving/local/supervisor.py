@@ -26,6 +26,7 @@ from serving import deployment as sdep
 from serving import prometheus
 from serving.gateway import GatewayConfig
 from serving.local.processes import HOST, MARKER, ROLE, free_ports, signal_group, stop_groups
+from serving.request_logger import local_sink_ports
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_CLASS = "serving.mlflow_server.MLFlowServer"
@@ -52,6 +53,9 @@ class Plan:
     host: str = HOST
     model_image: str = MODEL_IMAGE
     gateway_seed: int | None = None
+    # sha256 of the working copy as `up` wrote it, when it differs from the given manifest (the
+    # request-logger URLs moved to a free port): what "not edited since `up`" is checked against
+    served_sha256: str | None = None
 
     def write(self, path: Path) -> None:
         from dataclasses import asdict
@@ -200,6 +204,30 @@ class Supervisor:
             seed=plan.gateway_seed,
         ).write(gateway_config)
         fast = sdep.Probe(period=0.2, failure_threshold=300, timeout=1.0)
+        # a request-logger sink for each loopback port the manifest's logger URLs name (started
+        # before the gateway: its loggers send from the first request on)
+        sink_ports = sorted(local_sink_ports(self.deployment.manifest))
+        for port in sink_ports:
+            children.append(
+                Child(
+                    name="request-logger" if len(sink_ports) == 1 else f"request-logger-{port}",
+                    argv=[
+                        sys.executable,
+                        "-m",
+                        "serving.request_logger",
+                        "--port",
+                        str(port),
+                        "--out",
+                        str(self.state_dir / "request-logs"),
+                    ],
+                    env=self._env("request-logger"),
+                    log=logs
+                    / ("request-logger.log" if len(sink_ports) == 1 else f"request-logger-{port}.log"),
+                    ready_url=f"http://{plan.host}:{port}/health",
+                    readiness=fast,
+                    liveness=sdep.Probe(initial_delay=2, period=2, failure_threshold=3, timeout=2),
+                )
+            )
         children.append(
             Child(
                 name="gateway",

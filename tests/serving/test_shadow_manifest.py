@@ -189,11 +189,6 @@ def test_callers_are_answered_by_the_champion_only(shadow_stack):
 
 
 @pytest.mark.stack
-@pytest.mark.xfail(
-    strict=True,
-    reason="not integrated yet: the gateway (serving/gateway.py) does not mirror to shadows nor call the "
-    "request loggers, and serving.local does not start the sink under <state_dir>/request-logs",
-)
 def test_the_shadow_answers_every_request_and_the_logged_events_pair_up(shadow_stack):
     import time
 
@@ -204,19 +199,50 @@ def test_the_shadow_answers_every_request_and_the_logged_events_pair_up(shadow_s
 
     stack, state_dir = shadow_stack
     answers = predict(stack, 30)
+    sent = {puid for puid, _ in answers}
     folder = state_dir / "request-logs"
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline:  # until both responses of every request sent here arrived
         events = read_events(folder) if folder.is_dir() else []
-        if len([e for e in events if e["type"].endswith("response")]) >= 2 * len(answers):
+        if len(
+            {(e["endpoint"], e["requestid"]) for e in events if e["kind"] == "response"}
+            & {(endpoint, puid) for endpoint in ("model-a", "model-b") for puid in sent}
+        ) == 2 * len(sent):
             break
         time.sleep(0.2)
     pairs = paired.pair_events(folder, main="model-a", shadow="model-b")
-    sent = {puid for puid, _ in answers}
     assert sent <= set(pairs.frame.index)
+    # the shadow's answers are the challenger's own (its graph node in meta.requestPath)
+    shadow_paths = {
+        next(iter(e["body"]["meta"]["requestPath"]))
+        for e in read_events(folder)
+        if e["endpoint"] == "model-b" and e["kind"] == "response" and e["requestid"] in sent
+    }
+    assert shadow_paths == {"model-b"}
+    status = requests.get(f"http://{stack.gateway_endpoint}/admin/status", timeout=5).json()
+    assert status["shadow"]["predictor"] == "model-b" and status["shadow"]["skipped"] == 0
+    assert status["shadow"]["mirrored"] >= len(answers)
+    assert all(not log["dropped"] for log in status["request_logger"].values()), status
     # the shadow has its own executor metrics, labelled as on a cluster (predictor_name only differs)
     metrics = requests.get(f"http://{stack.gateway_endpoint}/metrics", timeout=5).text
     assert (
         "seldon_api_executor_server_requests_seconds_count{" in metrics
         and 'predictor_name="model-b"' in metrics
     )
+
+
+@pytest.mark.stack
+def test_on_free_ports_the_sink_moves_too_and_the_stack_is_still_reused(shadow_stack):
+    import requests
+
+    from serving.local import LocalStack
+
+    stack, state_dir = shadow_stack
+    given, served = (yaml.safe_load(Path(p).read_text()) for p in (stack.plan.source, stack.manifest_path))
+    (port,) = local_sink_ports(served)
+    assert local_sink_ports(given) != {port}  # the working copy's logger URLs name a port of its own
+    assert requests.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["out"] == str(
+        state_dir / "request-logs"
+    )
+    again = LocalStack.up(stack.plan.source, port=0, state_dir=state_dir, timeout=60)
+    assert again.reused  # the moved URLs are not taken for an edit of the working copy
