@@ -9,6 +9,9 @@ What the notebook calls::
     verdict = experiment.verdict(log) ; experiment.stats_table(verdict.stats)
     experiment.attribution(log)                                 # where the rewards landed
     experiment.promote(log) ; experiment.rollback()
+    plan = experiment.plan_experiment(manifest, control)        # the monitored experiment:
+    result = experiment.run_monitored(endpoints, plan, ...)     # plan -> run -> stop
+    experiment.promote(result.replay.path, decision=result)     # its gate: SRM, guardrails, test
 
 Modules, one idea each: ``log`` (reading feedback.py's logs), ``promql`` (the expressions),
 ``dashboard`` (Grafana JSON), ``prometheus_data`` (Prometheus -> pandas, exact counts),
@@ -31,6 +34,8 @@ from experiment.stats import ArmStats, arm_stats, power, required_n, stats_table
 from experiment.verdict import Verdict, verdict
 
 _PROMOTION = ("Outcome", "PromotionError", "promote", "rollback")
+# the monitored experiment (plan -> run -> stop): experiment/monitored.py
+_MONITORED = ("MonitoredExperiment", "RunMonitor", "plan_experiment", "run_monitored")
 
 
 def __getattr__(name: str):
@@ -39,6 +44,10 @@ def __getattr__(name: str):
         from experiment import promotion
 
         return getattr(promotion, name)
+    if name in _MONITORED:  # scikit-learn and MLflow, also only when asked for
+        from experiment import monitored
+
+        return getattr(monitored, name)
     raise AttributeError(f"module 'experiment' has no attribute {name!r}")
 
 
@@ -68,4 +77,5 @@ __all__ = [
     "verdict",
     "wait_for_scrape",
     *_PROMOTION,
+    *_MONITORED,
 ]

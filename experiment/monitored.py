@@ -341,11 +341,13 @@ class MonitoredExperiment:
     def chosen(self) -> str:
         """The challenger the gate looked at: the winner with the largest difference, else the first."""
         winners = [a for a, t in self.tests.items() if t.decision == sequential.WINNER]
-        return max(winners, key=lambda a: self.tests[a].difference) if winners else next(iter(self.tests))
+        if winners:
+            return max(winners, key=lambda a: self.tests[a].difference)
+        return next(iter(self.tests), next(iter(self.guardrails)))
 
     @property
-    def test(self) -> sequential.SequentialResult:
-        return self.tests[self.chosen]
+    def test(self) -> sequential.SequentialResult | None:
+        return self.tests.get(self.chosen)
 
     @property
     def stopped_early(self) -> bool:
@@ -370,10 +372,13 @@ class MonitoredExperiment:
 
     @property
     def sentence(self) -> str:
-        n = self.test.n
         where = f"stopped at request {self.look:,}" if self.look else "ran out of rows"
+        served = self.replay.log["arm"].value_counts()
+        n = {a: int(served.get(a, 0)) for a in (self.control, self.chosen)}
+        if self.test is not None:
+            n = self.test.n
         return (
-            f"{self.decision}: {where} ({n[self.control]:,}/{n[self.test.treatment]:,} per arm, planned "
+            f"{self.decision}: {where} ({n[self.control]:,}/{n[self.chosen]:,} per arm, planned "
             f"at most {self.plan.design.n_max:,}; a one-look test needed {self.plan.n_fixed:,}): "
             f"{self.reason}. "
             + "; ".join(s.sentence for s in self.srm)
@@ -553,33 +558,36 @@ def decide(
     if covariates is not None:
         rows = cuped.with_covariates(rows, covariates)
         columns = {a: cuped.column(a) for a in [control, *challengers]}
-    tests = {
+    answering = set(rows["arm"])
+    tests = {  # an arm that answered no request (it failed every one) has nothing to test
         arm: sequential.monitor(
             rows, control, arm, monitor.design, None if columns is None else (columns[control], columns[arm])
         )
         for arm in challengers
+        if {arm, control} <= answering
     }
     checks = [srm.srm(rows, split)]
     if prometheus_url:
         checks.append(_prometheus_srm(prometheus_url, since, split))
     answered = log[log["look"] <= monitor.look] if monitor.look is not None else log
-    errors = _prometheus_errors(prometheus_url, since, split) if prometheus_url else None
+    if prometheus_url:  # the gateway's counts by status code: a failed request names no arm in the log
+        errors = _prometheus_errors(prometheus_url, since, split)
+    else:
+        arms = answered["arm"].astype(str)
+        failed = pd.to_numeric(answered["predict_status"], errors="coerce") != 200
+        errors = (
+            {a: int((failed & (arms == a)).sum()) for a in split},
+            {a: int((arms == a).sum()) for a in split},
+        )
     results = {}
     for arm in challengers:
-        if errors is not None:
-            ok = rows[rows["arm"].isin([control, arm])]
-            results[arm] = [
-                guardrails.latency(
-                    ok.loc[ok["arm"] == control, "predict_ms"],
-                    ok.loc[ok["arm"] == arm, "predict_ms"],
-                    control,
-                    arm,
-                    config,
-                ),
-                guardrails.error_rate(*errors, control, arm, config),
-            ]
-        else:
-            results[arm] = guardrails.from_log(answered, control, arm, config)
+        ms = {a: rows.loc[rows["arm"] == a, "predict_ms"] for a in (control, arm)}
+        found = []
+        if min(len(v) for v in ms.values()) >= 2:  # an arm that answered nothing has no latency to compare
+            found.append(guardrails.latency(ms[control], ms[arm], control, arm, config))
+        if errors[1].get(arm) and errors[1].get(control):
+            found.append(guardrails.error_rate(*errors, control, arm, config))
+        results[arm] = found
     result = MonitoredExperiment(
         plan=plan,
         control=control,
@@ -596,8 +604,20 @@ def decide(
     )
     chosen = result.chosen
     worst = min(checks, key=lambda s: s.p_value)
-    gate = guardrails.gate(worst, results[chosen], tests[chosen])
+    if chosen in tests:
+        gate = guardrails.gate(worst, results[chosen], tests[chosen])
+    else:
+        reasons = [worst.sentence] if worst.mismatch else []
+        reasons += [r.sentence for r in results[chosen] if not r.ok]
+        record = {"srm": worst.record(), "guardrails": [r.record() for r in results[chosen]], "test": None}
+        gate = guardrails.Gate(None, [*reasons, f"{chosen} answered no request: nothing to test"], record)
     reasons = list(gate.reasons)
+    measured = {r.name.split(" ")[0] for r in results[chosen]}
+    reasons += [
+        f"the {g} guardrail of {chosen} could not be measured"
+        for g in ("latency", "error")
+        if g not in measured
+    ]
     if monitor.decision == GUARDRAIL_BREACH:
         reasons.insert(0, f"a guardrail was breached during the run: {monitor.reason}")
     record = gate.record | {"srm_all": [s.record() for s in checks], "monitored": True}

@@ -159,26 +159,40 @@ def promote(
     record: str | Path | None = None,
     state_dir: str | Path | None = None,
     alpha: float = 0.05,
+    decision=None,
 ) -> Outcome:
-    """Make the winner champion and give it all the traffic - only if the verdict is significant.
+    """Make the winner champion and give it all the traffic - only if the experiment says so.
 
     ``log``: a DataFrame, a CSV path, several paths or a glob (one experiment, pooled).
     ``manifest``: see ``working_manifest``; ``record``: default ``runs/promotions.json``.
+    ``decision``: a monitored experiment (``experiment.run_monitored``): its gate decides
+    (``guardrails.gate``: a sound split, every guardrail passed, the sequential test's winner).
+    Without it, the Welch verdict on the log decides, and a sample ratio mismatch against the
+    manifest's split or a breached guardrail (experiment/guardrails.py) blocks it.
     """
     manifest = working_manifest(manifest, state_dir)
     record = Path(record or DEFAULT_RECORD)
-    result = verdict(log, alpha=alpha)
-    if not result.significant:
-        return Outcome(False, f"nothing changed - {result.sentence}", result)
-
     deployment = sdep.load(manifest)
     names = [p.name for p in deployment.predictors]
-    strangers = [arm for arm in (result.first, result.second) if arm not in names]
+    if decision is not None:  # the monitored experiment: its gate, with every reason it may not
+        result, arms, gate = decision, [decision.control, *decision.tests], decision.gate
+        if not gate.allowed:
+            return Outcome(False, f"nothing changed - {gate.sentence}", result)
+        winner_arm, audit = gate.promote, decision.record() | {"gate_record": gate.record}
+    else:
+        result = verdict(log, alpha=alpha)
+        if not result.significant:
+            return Outcome(False, f"nothing changed - {result.sentence}", result)
+        arms, winner_arm = [result.first, result.second], result.winner
+        blocked, audit = _log_checks(log, deployment, result)
+        if blocked:
+            return Outcome(False, "nothing changed - no promotion: " + "; ".join(blocked), result)
+    strangers = [arm for arm in arms if arm not in names]
     if strangers:
         raise PromotionError(
             f"the log's arms {strangers} are not predictors of {manifest} ({names}): wrong log or manifest?"
         )
-    winner = deployment.predictor(result.winner)
+    winner = deployment.predictor(winner_arm)
     name, version = model_version(winner.model_uri)
     previous = champion(name)
     split = {p: 100 if p == winner.name else 0 for p in names}
@@ -209,6 +223,7 @@ def promote(
         "previous_version": previous,
         "split": split,
         "previous_split": old_split,
+        "audit": audit,  # the test, n per arm, estimate, interval, p/e-value, SRM and guardrails
     }
     document = _read_record(record)
     document.setdefault(entry["manifest"], []).append(entry)
@@ -277,6 +292,37 @@ def rollback(
         f"in {manifest}" + (" (the local gateway applied it)" if applied else "")
     )
     return Outcome(True, message, None, entry, applied)
+
+
+def _log_checks(log, deployment, result: Verdict) -> tuple[list[str], dict]:
+    """(what blocks the verdict's promotion, the audit record): SRM against the split, guardrails."""
+    from experiment import guardrails, srm
+    from experiment.log import read_log, served_rows
+
+    rows = served_rows(log)
+    test = {
+        "test": "Welch t-test, one look at the end",
+        "n": {result.first: result.n[0], result.second: result.n[1]},
+        "difference": result.difference,
+        "interval": list(result.difference_ci),
+        "p_value": result.p_value,
+        "alpha": result.alpha,
+    }
+    audit, blocked = {"test": test}, []
+    split = {a: float(deployment.traffic.get(a, 0)) for a in (result.first, result.second)}
+    if all(w > 0 for w in split.values()):  # after a promotion the split is 100/0: nothing to expect
+        check = srm.srm(rows[rows["arm"].isin(split)], split)
+        audit["srm"] = check.record()
+        if check.mismatch:
+            blocked.append(check.sentence)
+    else:
+        audit["srm"] = f"not checked: the manifest's split is now {deployment.traffic}"
+    full = read_log(log)
+    if {"predict_ms", "predict_status"} <= set(full.columns):
+        results = guardrails.from_log(full, result.second, result.first)
+        audit["guardrails"] = [r.record() for r in results]
+        blocked += [f"guardrail breached: {r.sentence}" for r in guardrails.breached(results)]
+    return blocked, audit
 
 
 def _split(split: dict) -> str:
