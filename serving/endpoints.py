@@ -88,5 +88,5 @@ class Endpoints:
             namespace=stack.namespace,
             deployment=stack.deployment,
             predictors={name: url.split("://", 1)[1] for name, url in stack.predictor_urls.items()},
-            nodes={p.node: p.name for p in manifest.predictors},
+            nodes={s.node: p.name for p in manifest.predictors for s in (p, *p.children)},
         )

@@ -46,7 +46,9 @@ def loaded_models(deployment: sdep.Deployment) -> dict[str, dict[str, str]]:
     from training.tracking import ModelNotFound, registered_version
 
     models = {}
-    for p in deployment.predictors:
+    for p in deployment.servers:
+        if p.children:
+            continue  # a router: no model
         if p.model_uri.startswith("models:/"):
             try:
                 version = registered_version(p.model_uri)
@@ -212,6 +214,7 @@ class LocalStack:
         digest = stack._copy_manifest(manifest)
         served_sha256 = stack._move_sinks(sinks) if not port and sinks else None
         names = [p.name for p in deployment.predictors]
+        servers = [s.name for s in deployment.servers]
         for attempt in range(1, 4):
             plan = Plan(
                 manifest=str(stack.manifest_path),
@@ -222,7 +225,7 @@ class LocalStack:
                 models=models,
                 gateway_seed=gateway_seed,
                 served_sha256=served_sha256,
-                **choose_ports(names, port),
+                **choose_ports(names, port, servers),
             )
             stack._start(plan)
             try:

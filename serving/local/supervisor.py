@@ -67,13 +67,18 @@ class Plan:
         return cls(**json.loads(path.read_text()))
 
 
-def choose_ports(names: list[str], port: int) -> dict:
-    """Free loopback ports for everything; ``port`` for the ingress unless it is 0."""
-    ports = iter(free_ports(3 * len(names) + 2))
+def choose_ports(names: list[str], port: int, servers: list[str] | None = None) -> dict:
+    """Free loopback ports for everything; ``port`` for the ingress unless it is 0.
+
+    ``names``: the predictors (one "Service" port each); ``servers``: every node that runs a
+    server (``Deployment.servers``: the predictors, and a router's children), default ``names``.
+    """
+    servers = names if servers is None else servers
+    ports = iter(free_ports(len(names) + 2 * len(servers) + 2))
     return {
         "ingress_port": port or next(ports),
         "predictor_ports": {n: next(ports) for n in names},
-        "model_ports": {n: {"http": next(ports), "metrics": next(ports)} for n in names},
+        "model_ports": {n: {"http": next(ports), "metrics": next(ports)} for n in servers},
         "prometheus_port": next(ports),
     }
 
@@ -161,7 +166,7 @@ class Supervisor:
         plan, logs = self.plan, self.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         children = []
-        for p in self.deployment.predictors:
+        for p in self.deployment.servers:
             ports = plan.model_ports[p.name]
             # the version `up` resolved and recorded: a restarted server loads the same model even
             # if the alias has moved since (`up` then refuses to reuse the stack)
@@ -182,10 +187,15 @@ class Supervisor:
                 SELDON_LOG_LEVEL="WARNING",
             )
             env.update(p.env)  # componentSpecs env, e.g. GUNICORN_WORKERS / GUNICORN_THREADS
+            argv = [sys.executable, "-m", "serving.microservice", MODEL_CLASS]
+            if p.children:  # a ROUTER: its container's command (serving.routers), its graph parameters
+                argv = [sys.executable, *p.command[1:]]
+                env["PREDICTIVE_UNIT_PARAMETERS"] = json.dumps(list(p.parameters))
+                env["ROUTER_STATE_DIR"] = str(self.state_dir / "routers")  # the pod's volume, here
             children.append(
                 Child(
                     name=p.name,
-                    argv=[sys.executable, "-m", "serving.microservice", MODEL_CLASS],
+                    argv=argv,
                     env=env,
                     log=logs / f"{p.name}.log",
                     ready_url=f"http://{plan.host}:{ports['http']}{p.readiness.path}",
