@@ -35,6 +35,7 @@ import json
 import math
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +65,7 @@ REWARD_FLOOR = 1e-6
 # how long refused connections are retried: covers the local supervisor's restart of a killed
 # gateway (about 2 s) with room for a busy machine; a stack that stays down fails the rows after it
 DEFAULT_DEADLINE = 30.0
+PUID_HEADER = "Seldon-Puid"  # the executor's request id header (seldon-core executor/api/rest)
 MAY_HAVE_COUNTED = "it may have been counted, so it was not sent again"
 LOG_COLUMNS = [
     "request_id",
@@ -80,6 +82,10 @@ LOG_COLUMNS = [
     "feedback_status",
     "attempts",  # requests sent for the row: 2 (a prediction and a feedback) when none was retried
     "error",
+    # the Seldon-Puid sent with the answered prediction: the request id of its request-logger events.
+    # Each executor makes its own puid unless the caller sends one, so without it a shadow's events
+    # could not be joined with the main arm's (experiment/paired.py: from_replay)
+    "puid",
 ]
 # a monitored replay (``replay(..., monitor=...)``) adds: the look (the row's place in the order rows
 # completed, which is the order the monitor saw them) and the monitor's decision at that look
@@ -185,9 +191,11 @@ class Replayer:
         self.ingress_feedback_url = endpoints.ingress_feedback_url
         self.arm_feedback_urls = {name: endpoints.feedback_url(name) for name in endpoints.predictors}
 
-    async def _post(self, connections: Connections, url: str, body: dict) -> tuple[int, dict | None, str]:
+    async def _post(
+        self, connections: Connections, url: str, body: dict, headers: dict | None = None
+    ) -> tuple[int, dict | None, str]:
         """POST JSON; (status, parsed body or None, error text). Raises only when no answer came."""
-        status, text = await connections.post(url, json.dumps(body).encode(), self.timeout)
+        status, text = await connections.post(url, json.dumps(body).encode(), self.timeout, headers)
         try:
             parsed = json.loads(text)
         except ValueError:
@@ -219,8 +227,12 @@ class Replayer:
         while True:
             row["attempts"] += 1
             not_sent = False
+            # a request id of its own per attempt: the row's is the answered one's
+            row["puid"] = str(uuid.uuid4())
             try:
-                status, response, error = await self._post(connections, self.predict_url, request)
+                status, response, error = await self._post(
+                    connections, self.predict_url, request, {PUID_HEADER: row["puid"]}
+                )
                 if status == 200 and response is not None:
                     break
                 error = f"predict: {error or 'the answer is not a JSON object'}"

@@ -46,11 +46,14 @@ class Connections:
         since = self._unreachable_since
         return 0.0 if since is None else time.monotonic() - since
 
-    async def post(self, url: str, body: bytes, timeout: float) -> tuple[int, bytes]:
-        """(status, payload); raises NotSent, NoAnswer, or TimeoutError after ``timeout``."""
+    async def post(
+        self, url: str, body: bytes, timeout: float, headers: dict | None = None
+    ) -> tuple[int, bytes]:
+        """(status, payload); raises NotSent, NoAnswer, or TimeoutError after ``timeout``.
+        ``headers``: added to this request's (e.g. ``Seldon-Puid``)."""
         try:
             async with self.session.post(
-                url, data=body, timeout=aiohttp.ClientTimeout(total=timeout)
+                url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
             ) as response:
                 payload = await response.read()
         except TimeoutError:

@@ -246,3 +246,41 @@ def test_on_free_ports_the_sink_moves_too_and_the_stack_is_still_reused(shadow_s
     )
     again = LocalStack.up(stack.plan.source, port=0, state_dir=state_dir, timeout=60)
     assert again.reused  # the moved URLs are not taken for an edit of the working copy
+
+
+@pytest.mark.stack
+def test_the_replay_sends_a_puid_per_row_and_its_log_pairs_with_the_shadows_answers(shadow_stack, tmp_path):
+    import time
+
+    import feedback
+    from experiment import paired
+    from serving.endpoints import Endpoints
+    from serving.request_logger import read_events
+
+    stack, state_dir = shadow_stack
+    rows = 60
+    log_path = tmp_path / "replay.csv"
+    result = feedback.replay(
+        Endpoints.local(state_dir), limit=rows, concurrency=4, log_path=log_path, progress=False
+    )
+    log = result.log
+    assert log["error"].fillna("").eq("").all(), log["error"].unique()
+    assert set(log["arm"]) == {"model-a"} and log["puid"].nunique() == rows
+    folder = state_dir / "request-logs"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        answered = {
+            e["requestid"]
+            for e in read_events(folder)
+            if e["endpoint"] == "model-b" and e["kind"] == "response"
+        }
+        if set(log["puid"]) <= answered:
+            break
+        time.sleep(0.2)
+    pairs = paired.from_replay(log_path, folder, shadow="model-b")
+    assert len(pairs) == rows and pairs.main_only == 0
+    assert pairs.frame["reward_main"].tolist() == pytest.approx(
+        log.set_index("puid").loc[pairs.frame.index, "reward"].tolist()
+    )
+    test = paired.paired_test(pairs)
+    assert test.n == rows and test.wins + test.losses + test.ties == rows
