@@ -80,8 +80,8 @@ def _arm_params(versions: dict) -> dict[str, dict]:
 def plan_experiment(manifest, control: str, seed: int | None = None, **options) -> planning.Plan:
     """The plan, before traffic, from the training rows only (``planning.plan`` options pass through).
 
-    With several challengers: each one's plan against the control, and the one needing the most
-    requests (the smallest effect), so the planned n covers every comparison.
+    With several challengers: the plan of the one that does best on the validation split, the
+    comparison the experiment is for (the run stops at the first winner, experiment/monitored.py).
     """
     from training.data import FEATURES, SEED, TARGET, load_wine_quality, split_holdout
 
@@ -93,7 +93,7 @@ def plan_experiment(manifest, control: str, seed: int | None = None, **options) 
     plans = [planning.plan(rewards, control, arm, **options) for arm in versions if arm != control]
     if not plans:
         raise ValueError(f"{manifest} has no challenger besides {control!r}")
-    return max(plans, key=lambda p: p.n_fixed)
+    return max(plans, key=lambda p: p.mean[p.treatment])
 
 
 def covariate_table(manifest, seed: int | None = None) -> pd.DataFrame:
@@ -164,7 +164,8 @@ class RunMonitor:
     """What ``feedback.replay(..., monitor=...)`` calls with each completed request: test, guardrails, stop.
 
     ``design``: the sequential test (``plan.design``); ``control``: the champion; ``challengers``:
-    the other arms, each tested against the control at α/k. ``covariates``: ``covariate_table``
+    the other arms, each tested against the control at α/k; the run stops when every comparison
+    has decided or at the first winner. ``covariates``: ``covariate_table``
     (None: the unadjusted test). ``metrics_url``: the gateway whose /metrics counts errors per arm
     (None: errors are counted from the log, which names an arm only when it answered).
     ``on_breach(arm, results)``: what a breach does (``rollback_to``); its return value is kept
@@ -172,7 +173,8 @@ class RunMonitor:
 
     When the test finds a winner, the run goes on (checking every ``check_every // 5`` served
     requests) until the winner's guardrails pass - promotion needs them shown non-inferior, which
-    for the error rate takes a few hundred requests per arm - or the planned n is reached.
+    for the error rate takes a few hundred requests per arm - or breach, or the rows run out
+    (``finish``). Waiting costs the test nothing: it already stopped, at ``test_look``.
     """
 
     def __init__(
@@ -247,7 +249,12 @@ class RunMonitor:
                 if self.breach:
                     return self._stop(GUARDRAIL_BREACH, "; ".join(r.sentence for r in self.breach))
         decisions = {arm: m.decision for arm, m in self.monitors.items()}
-        if all(d != sequential.CONTINUE for d in decisions.values()):
+        # every comparison decided, or one challenger beat the control at α/k: that is valid at any
+        # stopping time, and the experiment's question (which model to promote) has an answer
+        if (
+            all(d != sequential.CONTINUE for d in decisions.values())
+            or sequential.WINNER in decisions.values()
+        ):
             decision, reason = self._overall(decisions)
             self.test_look = self.test_look or self.seen
             if decision == sequential.WINNER and not self._winner_guarded():
@@ -261,15 +268,18 @@ class RunMonitor:
         return self.decision
 
     def _winner_guarded(self) -> bool:
-        """True when every guardrail of the winners passed, or the planned n is reached (stop anyway)."""
+        """True when every guardrail of the winners passed (the planned n bounds the test, not this wait)."""
         winners = [a for a, m in self.monitors.items() if m.decision == sequential.WINNER]
-        smallest = min(len(self.latencies[a]) for a in [self.control, *winners])
-        if smallest >= self.design.n_max:
-            return True
         if self.test_look == self.seen:
             self._check()  # the first look with a winner: check now, not at the next multiple
         ours = [r for r in self.results if r.treatment in winners]
         return len(ours) == 2 * len(winners) and all(r.ok for r in ours)
+
+    def finish(self) -> None:
+        """After the last row: a winner still waiting for its guardrails stops here, and says so."""
+        if not self.stopped and self.test_look is not None:
+            decision, reason = self._overall({a: m.decision for a, m in self.monitors.items()})
+            self._stop(decision, f"{reason}; its guardrails had not passed when the rows ran out")
 
     def _stop(self, decision: str, reason: str) -> str:
         self.decision, self.reason, self.look = decision, reason, self.seen
@@ -529,6 +539,8 @@ def run_monitored(
     replayed = feedback.replay(
         endpoints, limit, concurrency, seed, "arm", log_path, progress=progress, rate=rate, monitor=monitor
     )
+    monitor.finish()
+    replayed.decision, replayed.reason, replayed.look = monitor.decision, monitor.reason, monitor.look
     timings["run"] = time.perf_counter() - start
     start = time.perf_counter()
     result = decide(replayed, plan, control, split, covariates, monitor, prometheus_url, since, config)
