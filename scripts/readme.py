@@ -103,6 +103,38 @@ def stages_table(record: dict) -> str:
     )
 
 
+def experiments_table(results: dict) -> str:
+    """bench/results.json["experiments"] (bench/experiments.py) as the README's table."""
+    e = results["experiments"]
+    plan = e["plan"]
+    return "\n".join(
+        [
+            f"From `make bench` (bench/experiments.py, {e['parameters']['experiments']:,} simulated "
+            f"experiments per row, rewards and covariates of the {e['parameters']['holdout_rows']:,} "
+            f"hold-out rows; "
+            f"planned from the training rows: effect {plan['mde']:.4f}, at most {plan['design']['n_max']:,} "
+            f"requests per arm):",
+            "",
+            "| | false positives (A/A, a look after every request) | power "
+            "| mean requests per arm to a decision |",
+            "|---|---|---|---|",
+            f"| Welch t-test, one look | {e['aa_false_positive_rate_fixed_horizon']:.1%} | "
+            f"{e['power_fixed_horizon']:.1%} | {e['fixed_horizon_requests_per_arm']:,} |",
+            f"| Welch t-test re-run at every look | {e['aa_false_positive_rate_naive_peeking']:.1%} | | |",
+            f"| sequential test (mSPRT) | {e['aa_false_positive_rate_sequential']:.1%} | "
+            f"{e['power_sequential']:.1%} | {e['mean_requests_to_decision_sequential']:,.0f} |",
+            f"| sequential test, CUPED | {e['aa_false_positive_rate_sequential_cuped']:.1%} | "
+            f"{e['power_sequential_cuped']:.1%} | {e['mean_requests_to_decision_sequential_cuped']:,.0f} |",
+            "",
+            f"The sequential test alone needs {e['sequential_vs_fixed']:.3f} of the one-look test's "
+            f"requests, with CUPED {e['sequential_cuped_vs_fixed']:.3f}; CUPED's variance ratio on the "
+            f"replay data is "
+            f"{e['cuped_variance_ratio']:.3f} (A/A standard error at 5%: "
+            f"{e['aa_standard_error_at_5_percent']:.1%}).",
+        ]
+    )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.readme", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -128,6 +160,7 @@ def main(argv=None) -> int:
     replace_block("stages", stages_table(record), args.readme)
     replace_block("bench", report.render(json.loads(args.bench.read_text())), args.readme)
     replace_block("reliability", report.RELIABILITY, args.readme)
+    replace_block("experiments", experiments_table(json.loads(args.bench.read_text())), args.readme)
     print(f"refreshed {args.readme.name} from {args.stages.name} and {args.bench.name}")
     return 0
 
