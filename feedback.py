@@ -2,6 +2,7 @@
 
     python feedback.py                        # local stack, every hold-out row, 8 at a time
     python feedback.py --limit 200 --feedback-via ingress     # the original example's flaw
+    python feedback.py --monitor model-b      # plan, replay until the sequential test decides, decide
 
 For each hold-out row (rows the models never trained on, from ``training.data.split_holdout``):
 
@@ -473,7 +474,18 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--rate", type=float, help="rows per second, like production traffic (default: as fast as possible)"
     )
+    parser.add_argument(
+        "--monitor",
+        metavar="CONTROL",
+        help="local stack: run the monitored experiment against the champion CONTROL (e.g. model-b): "
+        "plan from the training rows, stop when the sequential test decides or a guardrail is breached "
+        "(then all traffic goes back to CONTROL), and print the decision (experiment.run_monitored)",
+    )
     args = parser.parse_args(argv)
+    if args.monitor:
+        if args.ingress:
+            parser.error("--monitor runs on the local stack (its rollback edits the stack's manifest)")
+        return monitored_main(args)
     try:
         if args.ingress:
             predictors = dict(p.split("=", 1) for p in args.predictor)
@@ -509,6 +521,37 @@ def main(argv=None) -> int:
             )
         )
         return 2
+    return 0
+
+
+def monitored_main(args) -> int:
+    """``--monitor``: plan, run until the test decides, decide (the notebook's steps 5-6 in one command)."""
+    from experiment.log import LogError
+    from experiment.monitored import plan_experiment, run_monitored
+    from serving.local import DEFAULT_STATE_DIR, LocalStack
+
+    try:
+        stack = LocalStack(args.state_dir or DEFAULT_STATE_DIR)
+        stack.require_running()
+        plan = plan_experiment(stack.manifest_path, args.monitor, seed=args.seed)
+        print(plan)
+        result = run_monitored(
+            Endpoints.local(args.state_dir),
+            plan,
+            state_dir=stack.state_dir,
+            prometheus_url=stack.prometheus_url,
+            limit=args.limit,
+            rate=args.rate,
+            concurrency=args.concurrency,
+            log_path=args.log,
+            seed=args.seed,
+        )
+    except (StackNotRunning, ValueError, LogError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(result.replay.summary())
+    print(result.sentence)
+    print(f"log: {result.replay.path}")
     return 0
 
 

@@ -155,3 +155,10 @@ def test_decide_promotes_a_winner_with_a_sound_split_and_passing_guardrails():
     assert len(figure.axes) == 2
     table = result.guardrail_table()
     assert list(table["status"]) == ["pass", "pass"]
+
+
+def test_feedback_monitor_without_a_stack_says_so(tmp_path, capsys):
+    assert feedback.main(["--monitor", "model-b", "--state-dir", str(tmp_path / "no-stack")]) == 1
+    assert "no local stack is running" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a cluster has no working copy for the rollback to edit
+        feedback.main(["--monitor", "model-b", "--ingress", "127.0.0.1:9", "--predictor", "a=127.0.0.1:9"])
