@@ -107,10 +107,11 @@ def check_bucket_exists(bucket: str, storage_options: Mapping | None = None) -> 
 
 
 def manifest_model_uris(manifest: str | os.PathLike = LOCAL_MANIFEST) -> list[str]:
-    """The local ``modelUri`` of every predictor of a manifest, in order."""
+    """The local ``modelUri`` of every model of a manifest, in order: each predictor's, or for a
+    ROUTER graph (serving/model-bandit.yaml) each child's - the router node has no model."""
     from serving import deployment as sdep
 
-    return [p.model_uri for p in sdep.load(manifest, local=False).predictors]
+    return [s.model_uri for s in sdep.load(manifest, local=False).servers if s.model_uri]
 
 
 def resolve(model_uri: str):

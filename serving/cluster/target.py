@@ -34,13 +34,15 @@ RENDERED = "model-a-b.cluster.yaml"
 class ClusterTarget:
     """``storage``: the rclone Secret template (``s3``, ``s3-iam``, ``minio``, ``gcs``), filled from
     the environment; ``None`` only for a public ``gs://`` bucket. ``scrape_interval``: seconds
-    between Prometheus's scrapes of the pods, by default the PodMonitor's."""
+    between Prometheus's scrapes of the pods, by default the PodMonitor's. ``image``: the project's
+    model server image, needed to deploy a ROUTER graph (serving/model-bandit.yaml)."""
 
     namespace: str
     bucket: str
     ingress: str
     prometheus: str
     storage: str | None = "s3"
+    image: str | None = None  # the project's model server image: a ROUTER graph's router runs it
     secret_name: str = rclone.DEFAULT_SECRET_NAME
     work_dir: str | os.PathLike = "runs"
     scrape_interval: float | None = None
@@ -93,7 +95,12 @@ class ClusterTarget:
         if not self.published:
             raise ClusterError("nothing published yet: call publish(...) first")
         rendered = render.write_deployment(
-            self.manifest_path, self.published, self.namespace, env_secret=self.env_secret, source=manifest
+            self.manifest_path,
+            self.published,
+            self.namespace,
+            env_secret=self.env_secret,
+            source=manifest,
+            image=self.image,
         )
         status = deploy.deploy(rendered, timeout=timeout or self.timeout)
         self.deployed = render.load_plain(rendered)["metadata"]["name"]

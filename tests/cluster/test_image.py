@@ -267,6 +267,7 @@ def test_a_trained_model_loads_and_predicts_the_same_values_in_the_image_environ
         "__init__.py",
         "microservice.py",
         "mlflow_server.py",
+        "routers",  # serving/model-bandit.yaml's router runs from this image (tests/cluster/test_bandit.py)
     ]
     image_env = dockerfile.envs
     http_port, metrics_port = free_port(), free_port()

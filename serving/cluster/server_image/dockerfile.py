@@ -6,7 +6,8 @@ What it cannot know is checked here: the base image runs training's Python; the 
 stage; every COPY source exists and is not dropped by ``Dockerfile.dockerignore``; pip installs
 only the pinned files it copied, with the constraints file; a USER is set at all; the CMD (no
 ENTRYPOINT) runs ``serving.microservice`` on the model class, listening on all interfaces in the
-pod, with every project module it imports copied under the image's PYTHONPATH.
+pod, with every project module it imports copied under the image's PYTHONPATH; and every router a
+manifest of ``serving/`` runs from this image (a ROUTER graph's container command) is copied too.
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ def check_dockerfile(
         + _check_pip(parsed, copied)
         + _check_user(parsed)
         + _check_cmd(parsed, context, copied)
+        + _check_routers(parsed, context, copied)
     )
 
 
@@ -225,6 +227,56 @@ def _check_cmd(parsed, context: Path, copied: dict[str, str]) -> list[str]:
     ):
         problems.append(f"{model_class}: no class {cls} in {module}")
     return problems
+
+
+def router_commands(context: Path) -> dict[str, tuple[str, ...]]:
+    """``<manifest>: <router node>`` -> the command of each ROUTER graph's container in ``serving/*.yaml``."""
+    import yaml
+
+    from serving import deployment as sdep
+
+    found = {}
+    for path in sorted((context / "serving").glob("*.yaml")):
+        try:
+            deployment = sdep.parse(yaml.safe_load(path.read_text()), source=path.name, local=False)
+        except (sdep.DeploymentError, yaml.YAMLError):
+            continue  # not a SeldonDeployment this project serves; the manifest tests say why
+        for predictor in deployment.predictors:
+            if predictor.children:
+                found[f"{path.name}: {predictor.node}"] = predictor.command
+    return found
+
+
+def _check_routers(parsed, context: Path, copied: dict[str, str]) -> list[str]:
+    """Each router a manifest runs from this image: our launcher, its class and modules in the image."""
+    env = parsed.envs
+    roots = [r.rstrip("/") for r in {env.get("PYTHONPATH", ""), workdir(parsed)} if r]
+    problems = []
+    for where, command in router_commands(context).items():
+        if tuple(command[: len(ENTRY_POINT)]) != ENTRY_POINT or len(command) <= len(ENTRY_POINT):
+            problems.append(
+                f"{where}: the router's command {list(command)} does not run {' '.join(ENTRY_POINT)}"
+            )
+            continue
+        router_class = command[len(ENTRY_POINT)]
+        module, _, cls = router_class.rpartition(".")
+        local = _module_file(module, context) if module else None
+        if local is None or cls not in _defined_names(local):
+            problems.append(f"{where}: {router_class}: no class {cls} in {module or '(no module)'}")
+            continue
+        problems += [f"{where}: {p}" for p in _check_modules([module], context, copied, roots)]
+    return problems
+
+
+def _defined_names(path: Path) -> set[str]:
+    """Classes a module defines or imports by name (``serving.routers`` re-exports its routers)."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.ImportFrom):
+            names |= {a.asname or a.name for a in node.names}
+    return names
 
 
 def workdir(parsed) -> str:
