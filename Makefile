@@ -70,8 +70,7 @@ train: setup
 	$(BIN)/python -m training.arms
 
 run: setup
-	@$(BIN)/python scripts/run_notebook.py \
-	  || { echo "make run failed; a local stack it started may still run: stop it with 'make down'" >&2; exit 1; }
+	$(BIN)/python scripts/run_notebook.py  # on a failure it names the cell and how to stop the stack
 	$(BIN)/python scripts/mlflow_ui_screenshot.py
 
 lint: setup
