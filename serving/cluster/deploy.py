@@ -117,13 +117,16 @@ def _manifest(manifest: Any, crd) -> dict:
     except sdep.DeploymentError as e:
         raise DeployError(str(e)) from e
     for predictor in manifest["spec"]["predictors"]:
-        uri = predictor["graph"].get("modelUri", "")
-        if uri.startswith(("models:/", "runs:/")) or "://" not in uri:
-            raise DeployError(
-                f"predictor {predictor['name']!r}: modelUri {uri!r} is not a bucket; the cluster's storage "
-                f"initializer cannot read it. Publish and render first "
-                f"(python -m serving.cluster publish / render)"
-            )
+        graph = predictor["graph"]
+        # a ROUTER graph (serving/model-bandit.yaml): its children hold the models, the router none
+        models = graph["children"] if graph.get("type") == "ROUTER" else [graph]
+        for uri in (model.get("modelUri", "") for model in models):
+            if uri.startswith(("models:/", "runs:/")) or "://" not in uri:
+                raise DeployError(
+                    f"predictor {predictor['name']!r}: modelUri {uri!r} is not a bucket; the cluster's "
+                    f"storage initializer cannot read it. Publish and render first "
+                    f"(python -m serving.cluster publish / render)"
+                )
     return manifest
 
 

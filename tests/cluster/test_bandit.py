@@ -271,3 +271,62 @@ def test_the_manifest_s_router_command_runs_in_the_image_and_learns(image_python
         assert saved["n"][branch] == 1 and sum(saved["n"]) == 1
     finally:
         stop(server)
+
+
+# ------------------------------------------------------------------------------------ the doc
+def doc_block() -> str:
+    text = (REPO / "docs" / "cluster.md").read_text()
+    section = text[text.index("## The bandit: serving/model-bandit.yaml") :]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_doc_s_bandit_code_renders_a_manifest_the_deploy_helper_accepts(tmp_path, monkeypatch, crd):
+    """docs/cluster.md's bandit block as written, with the bucket and the API server left out:
+    publish answers what it would for the doc's bucket, deploy checks the file and stops there."""
+    from serving.cluster import deploy as dep
+
+    def published(bucket, manifest):
+        assert Path(manifest) == Path("serving/model-bandit.yaml")
+        return {
+            uri: pub.Published(uri, "wines-classifier", str(i), f"{bucket}/wines-classifier/{i}", {}, True)
+            for i, uri in enumerate(pub.manifest_model_uris(REPO / manifest), start=1)
+        }
+
+    deployed = []
+    monkeypatch.setattr(pub, "publish", published)
+    monkeypatch.setattr(dep, "deploy", lambda path, timeout: deployed.append(dep._manifest(path, crd)))
+    (tmp_path / "serving").symlink_to(REPO / "serving")  # the doc's relative paths, outside the repo
+    monkeypatch.chdir(tmp_path)
+    exec(compile(doc_block(), "docs/cluster.md (bandit)", "exec"), {})
+
+    (manifest,) = deployed
+    graph = manifest["spec"]["predictors"][0]["graph"]
+    assert [c["modelUri"] for c in graph["children"]] == [
+        "s3://your-bucket/mlflow-seldon/wines-classifier/1",
+        "s3://your-bucket/mlflow-seldon/wines-classifier/2",
+    ]
+    assert (tmp_path / "build/cluster/wines-bandit.yaml").is_file()
+
+
+def test_deploy_refuses_a_bandit_whose_children_are_not_in_a_bucket(crd):
+    from serving.cluster import deploy as dep
+
+    manifest = rendered(crd)
+    manifest["spec"]["predictors"][0]["graph"]["children"][1]["modelUri"] = "models:/wines-classifier@b"
+    with pytest.raises(dep.DeployError, match="'models:/wines-classifier@b' is not a bucket"):
+        dep._manifest(manifest, crd)
+    assert dep._manifest(rendered(crd), crd)["metadata"]["name"] == "wines-bandit"
+
+
+def test_the_doc_s_bandit_section_matches_the_manifest_and_the_router():
+    from serving.routers import bandit
+
+    text = (REPO / "docs" / "cluster.md").read_text()
+    section = text[text.index("## The bandit: serving/model-bandit.yaml") : text.index("## Clean up")]
+    (predictor,) = sdep.load(BANDIT, local=False).predictors
+    assert predictor.env["GUNICORN_WORKERS"] == "1" and "GUNICORN_WORKERS=1" in section
+    assert "SELDON_ENABLE_ROUTING_INJECTION" in predictor.orchestrator_env and "svcOrchSpec.env" in section
+    for gauge in ("router_branch_routed", "router_branch_feedback", "router_branch_reward_mean"):
+        assert gauge in section and gauge in Path(bandit.__file__).read_text()
+    for answer in ("502", "400 `NO_ROUTING`", "400 `BAD_ROUTING`", "400 `ROUTER_BAD_FEEDBACK`"):
+        assert answer in section
