@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 MODEL_CLASS = "serving.mlflow_server.MLFlowServer"
 # what PREDICTIVE_UNIT_IMAGE reports in meta.requestPath and in the metrics' model_image label
 MODEL_IMAGE = "mlflow-seldon/mlflowserver:local"
+SHADOW_NICENESS = 10  # a shadow's model server runs at this CPU niceness (see _children)
 GRACE_SECONDS = 10.0  # a short terminationGracePeriodSeconds: gunicorn's workers exit in ~1-3 s
 
 
@@ -192,6 +193,10 @@ class Supervisor:
                 argv = [sys.executable, *p.command[1:]]
                 env["PREDICTIVE_UNIT_PARAMETERS"] = json.dumps(list(p.parameters))
                 env["ROUTER_STATE_DIR"] = str(self.state_dir / "routers")  # the pod's volume, here
+            if p.shadow:
+                # on a cluster the shadow has CPU of its own; here it shares the callers' cores, so it
+                # yields them (its restart after a crash loads a model: seconds of CPU)
+                argv = ["nice", "-n", str(SHADOW_NICENESS), *argv]
             children.append(
                 Child(
                     name=p.name,
