@@ -1,7 +1,7 @@
 """A/B test against bandit on the same hold-out rows in the same order; one figure.
 
     .venv/bin/python -m bench.bandit                  # trains both arms into a temporary store
-    .venv/bin/python -m bench.bandit --rows 500 --repeats 50 --latency-requests 300   # a quick look
+    .venv/bin/python -m bench.bandit --quick --out /tmp/bandit.json --figure /tmp/bandit.png  # CI's size
 
 It starts its own local stack from serving/model-bandit.yaml (free loopback ports, its own state
 folder; stopped by pid at the end) and:
@@ -19,9 +19,11 @@ folder; stopped by pid at the end) and:
    ingress (gateway -> router -> arm) against a second gateway serving serving/model-a-b.yaml in
    front of the same two model servers (gateway -> arm), interleaved, p50 of each.
 
-Results: bench/results/bandit.json (git-ignored) and images/bandit.png. Goals (issue 15):
-Thompson sampling sends >= 80% of the second half of the replay to the better arm; the router
-adds <= 0.3 ms at p50.
+Results: bench/results-bandit.json (committed: the README's "Bandit or A/B test?" block is
+rendered from it by ``readme_block``, ``python -m scripts.readme``) and images/bandit.png.
+``--quick`` is the size tests/bench/test_bandit.py runs in CI (the first 400 hold-out rows, 20
+shuffles, 100 latency requests). Goals (issue 15): Thompson sampling sends >= 80% of the second
+half of the replay to the better arm; the router adds <= 0.3 ms at p50.
 """
 
 from __future__ import annotations
@@ -46,11 +48,13 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 BANDIT = REPO / "serving" / "model-bandit.yaml"
 AB = REPO / "serving" / "model-a-b.yaml"
-RESULTS = REPO / "bench" / "results" / "bandit.json"
+RESULTS = REPO / "bench" / "results-bandit.json"
 FIGURE = REPO / "images" / "bandit.png"
 SHARED_DATA = REPO.parent / "shared" / "data" / "wine-quality.csv"  # offline machines and CI
 ARMS = ("model-a", "model-b")
 GOALS = {"thompson_second_half_share": (">=", 0.8), "router_added_p50_ms": ("<=", 0.3)}
+FULL = {"rows": None, "repeats": 200, "latency_requests": 1000}
+QUICK = {"rows": 400, "repeats": 20, "latency_requests": 100}  # CI: about a minute on 2 busy cores
 
 
 def counterfactual(model_urls: dict[str, str], rows) -> np.ndarray:
@@ -281,11 +285,66 @@ def figure(result: dict, live: dict, rewards: np.ndarray, ab_arms: np.ndarray, p
     plt.close(fig)
 
 
+def readme_block(result: dict) -> str:
+    """The README's "Bandit or A/B test?" numbers, from a results file (``python -m scripts.readme``)."""
+    from scripts.readme import describe
+
+    better, worse = result["better_arm_index"], 1 - result["better_arm_index"]
+    reward, regret, share = result["cumulative_reward"], result["regret"], result["share_to_better"]
+    bias = result["bias"]
+    live = result["estimates_live"]
+    latency = result["latency"]
+    arms = result["arms"]
+    met = {t["target"]: t for t in result["targets"]}
+
+    def goal(name: str) -> str:
+        return "met" if met[name]["met"] else "**not met**"
+
+    def interval(policy: str) -> str:
+        return f"{bias[policy]['bias'][worse]:+.4f} ± {1.96 * bias[policy]['bias_se'][worse]:.4f}"
+
+    counted = "yes" if result["router_counts_match"] else "**no**"
+
+    return "\n".join(
+        [
+            f"From `{result['command'].strip()}` ({result['started'][:16].replace('T', ' ')} UTC; "
+            f"{describe(result['machine'])}; source: `bench/results-bandit.json`): the "
+            f"{result['rows']:,} hold-out rows in the same order through the bandit (Thompson sampling, "
+            "learning live from each feedback) and through a 50/50 A/B split, each row's reward known "
+            f"for both arms. {arms[better]} is the better arm (mean reward "
+            f"{result['true_mean_reward'][better]:.3f} against {result['true_mean_reward'][worse]:.3f}).",
+            "",
+            "| | bandit (Thompson sampling) | A/B test, 50/50 |",
+            "|---|---|---|",
+            f"| cumulative reward (always {arms[better]}: {reward['always_better']:,.1f}) "
+            f"| {reward['bandit']:,.1f} | {reward['ab']:,.1f} |",
+            f"| regret against always {arms[better]} | {regret['bandit']:.1f} | {regret['ab']:.1f} |",
+            f"| share of the second half to {arms[better]} | {share['bandit_second_half']:.1%} "
+            f"| {share['ab_second_half']:.1%} |",
+            f"| requests to {arms[worse]} | {live['requests_per_arm_bandit'][worse]:,} "
+            f"| {live['requests_per_arm_ab'][worse]:,} |",
+            f"| bias of {arms[worse]}'s mean-reward estimate over {result['repeats']} shuffles "
+            f"(± 1.96 SE) | {interval('Thompson')} | {interval('A/B 50/50')} |",
+            "",
+            f"Goals: Thompson sampling sends {share['bandit_second_half']:.1%} of the second half to the "
+            f"better arm (goal >= 80%: {goal('thompson_second_half_share')}); the router adds "
+            f"{latency['router_added_p50_ms']:.2f} ms at p50 per request "
+            f"({latency['p50_ms']['bandit']:.2f} against {latency['p50_ms']['plain']:.2f} ms through a plain "
+            f"gateway to the same model servers, {latency['requests']:,} sequential requests each; "
+            f"goal <= 0.3 ms: {goal('router_added_p50_ms')}). Every reward reached the router exactly once: "
+            f"{counted} (its counts {result['router_state']['n']}).",
+        ]
+    )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=None, help="hold-out rows to replay (default: all)")
-    parser.add_argument("--repeats", type=int, default=200, help="shuffles for the bias estimate")
-    parser.add_argument("--latency-requests", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=None, help="shuffles for the bias estimate (200)")
+    parser.add_argument("--latency-requests", type=int, default=None, help="per ingress (1000)")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"CI's size where not given: {QUICK} instead of {FULL}"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--figure", type=Path, default=FIGURE)
@@ -295,8 +354,14 @@ def main(argv=None) -> int:
         help="an existing store with @a and @b (default: train into a temporary one)",
     )
     args = parser.parse_args(argv)
+    # a SIGTERM (a test's timeout, Ctrl-C's sibling) unwinds through `finally`: the stack goes down
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    for name, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
     from feedback import holdout_rows
+    from scripts.readme import machine
     from serving.local import LocalStack
     from training.data import TARGET
 
@@ -333,6 +398,8 @@ def main(argv=None) -> int:
         timing = latency(stack.ingress_url, plain_ingress, args.latency_requests)
         result = {
             "started": started,
+            "machine": machine(),
+            "command": " ".join(["python -m bench.bandit", *(argv if argv is not None else sys.argv[1:])]),
             "rows": len(rows),
             "repeats": args.repeats,
             "arms": list(ARMS),
@@ -358,6 +425,7 @@ def main(argv=None) -> int:
                 "bandit": estimates(live["arms"], live["rewards"]),
                 "ab": estimates(ab_arms, ab_got),
                 "requests_per_arm_bandit": np.bincount(live["arms"], minlength=2).tolist(),
+                "requests_per_arm_ab": np.bincount(ab_arms, minlength=2).tolist(),
             },
             "router_state": {"n": state["n"], "routed": state["routed"]},
             "feedback_refused": live["refused"],

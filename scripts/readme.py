@@ -4,7 +4,8 @@
 
 Blocks of README.md between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` are written from
 what the runs measured, never typed by hand: ``stages`` from runs/notebook-stages.json (written
-by scripts/run_notebook.py), ``bench`` and ``reliability`` from bench/results.json (bench/run.py).
+by scripts/run_notebook.py), ``bench`` and ``reliability`` from bench/results.json (bench/run.py),
+``bandit`` from bench/results-bandit.json (bench/bandit.py), when that file exists.
 A reader's `make run` never edits the README; this command does, when a maintainer asks.
 """
 
@@ -22,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 NOTEBOOK_STAGES = REPO / "runs" / "notebook-stages.json"
 BENCH_RESULTS = REPO / "bench" / "results.json"
+BANDIT_RESULTS = REPO / "bench" / "results-bandit.json"
 
 
 def machine() -> dict:
@@ -160,6 +162,10 @@ def main(argv=None) -> int:
     replace_block("stages", stages_table(record), args.readme)
     replace_block("bench", report.render(json.loads(args.bench.read_text())), args.readme)
     replace_block("reliability", report.RELIABILITY, args.readme)
+    if BANDIT_RESULTS.is_file():
+        from bench import bandit
+
+        replace_block("bandit", bandit.readme_block(json.loads(BANDIT_RESULTS.read_text())), args.readme)
     replace_block("experiments", experiments_table(json.loads(args.bench.read_text())), args.readme)
     print(f"refreshed {args.readme.name} from {args.stages.name} and {args.bench.name}")
     return 0

@@ -1,0 +1,106 @@
+"""`bench/bandit.py`: the A/B-against-bandit comparison on the real local stack at CI's size, and
+the README's numbers from the committed full run (bench/results-bandit.json)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+COMMITTED = REPO / "bench" / "results-bandit.json"
+README = REPO / "README.md"
+
+
+def run_bandit(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run the script; on a timeout, SIGTERM first so it stops the stack it started."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "bench.bandit", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as proc:
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)  # bench/bandit.py takes its stack down on SIGTERM
+            try:
+                out, _ = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, _ = proc.communicate()
+            pytest.fail(f"bench/bandit.py took more than {timeout:g} s:\n{out[-3000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
+
+
+def check_result(result: dict) -> None:
+    """What every run must hold, whatever its size: the numbers are computed and consistent."""
+    better = result["better_arm_index"]
+    means = result["true_mean_reward"]
+    assert means[better] == max(means) and result["better_arm"] == result["arms"][better]
+    reward, regret = result["cumulative_reward"], result["regret"]
+    for policy in ("bandit", "ab"):
+        assert regret[policy] == pytest.approx(reward["always_better"] - reward[policy])
+    assert reward["always_better"] == pytest.approx(means[better] * result["rows"])
+    assert regret["bandit"] < regret["ab"]  # the bandit's point: it earns more on the same rows
+    # every reward reached the router exactly once, none refused
+    assert result["router_counts_match"] and result["feedback_refused"] == 0
+    assert sum(result["router_state"]["n"]) == result["rows"]
+    assert set(result["bias"]) == {"A/B 50/50", "Thompson", "epsilon-greedy"}
+    for policy in result["bias"].values():
+        assert len(policy["bias"]) == len(policy["bias_se"]) == 2
+        assert all(math.isfinite(v) for v in policy["bias"] + policy["bias_se"])
+    latency = result["latency"]
+    assert latency["router_added_p50_ms"] == pytest.approx(
+        latency["p50_ms"]["bandit"] - latency["p50_ms"]["plain"]
+    )
+    targets = {t["target"]: t for t in result["targets"]}
+    assert targets["thompson_second_half_share"]["met"] == (
+        result["share_to_better"]["bandit_second_half"] >= 0.8
+    )
+    assert targets["router_added_p50_ms"]["met"] == (latency["router_added_p50_ms"] <= 0.3)
+
+
+@pytest.mark.stack
+@pytest.mark.slow
+def test_the_comparison_runs_on_the_local_stack_and_thompson_moves_to_the_better_arm(
+    trained_arms, tracking_store, tmp_path
+):
+    out, figure = tmp_path / "bandit.json", tmp_path / "bandit.png"
+    run = run_bandit(
+        ["--quick", "--tracking-uri", tracking_store, "--out", str(out), "--figure", str(figure)], timeout=180
+    )
+    assert run.returncode == 0, run.stdout[-3000:]
+    result = json.loads(out.read_text())
+    assert result["rows"] == 400 and result["repeats"] == 20 and result["latency"]["requests"] == 100
+    check_result(result)
+    # the goal, at CI's size too: Thompson sampling has moved to the better arm by the second half
+    assert result["share_to_better"]["bandit_second_half"] >= 0.8, result["share_to_better"]
+    assert result["share_to_better"]["ab_second_half"] < 0.7  # the A/B test keeps splitting
+    assert figure.read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_committed_full_run_is_consistent():
+    result = json.loads(COMMITTED.read_text())
+    check_result(result)
+    assert (
+        result["repeats"] >= 200 and "--quick" not in result["command"] and "--rows" not in result["command"]
+    )
+
+
+def test_the_readme_shows_the_committed_bandit_numbers():
+    """README.md's bandit block is what `python -m scripts.readme` writes from the committed run."""
+    from bench.bandit import readme_block
+
+    block = re.search(r"<!-- bandit:start -->\n(.*?)<!-- bandit:end -->", README.read_text(), re.S)
+    assert block, "README.md has no <!-- bandit:start --> ... <!-- bandit:end --> block"
+    assert block.group(1).rstrip() == readme_block(json.loads(COMMITTED.read_text())).rstrip(), (
+        "README's bandit numbers drifted from bench/results-bandit.json: run `python -m scripts.readme`"
+    )
