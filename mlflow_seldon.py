@@ -266,28 +266,48 @@ print(answer.response)
 #     -d '{"data": {"ndarray": [[7.0, 0.27]]}}' $PREDICTIONS
 
 # %% [markdown]
-# ## 5. Replay traffic and send feedback
+# ## 5. Plan the experiment, then replay traffic until the test decides
 #
 # The held-out rows stand in for production traffic: the models never trained on them. For each
 # row, `feedback.py` predicts through the ingress, reads the serving arm from `meta.requestPath`,
 # computes a reward, and sends the feedback **to that arm's own endpoint**. The reward is
 # `exp(−(y − ŷ)² / 2)`, in (0, 1]: 1 for an exact prediction, 0.61 one quality point off. The
 # original example's `1 / (y − ŷ)²` is unbounded, so one lucky guess dominates an average
-# (`feedback.reward` explains the choice). Rows go out at a steady production-like pace
-# (`REPLAY_RATE`), so the dashboard below has curves to show; without it, `feedback.py` replays
-# as fast as the stack answers.
+# (`feedback.reward` explains the choice).
+#
+# The sample size comes first, from the training rows only: each arm's registered parameters,
+# cross-validated there, give the effect to expect and how many requests a one-look test would
+# need. `model-b` is the champion, `model-a` the candidate.
+
+# %%
+CONTROL = "model-b"  # the champion; the other arm is the candidate
+plan = experiment.plan_experiment(manifest, control=CONTROL)
+print(plan)
+
+# %% [markdown]
+# Then the run, monitored: an always-valid sequential test (mSPRT, on rewards adjusted with
+# each arm's expected reward given the wine's features — CUPED) looks after every request and
+# stops the replay as soon as it decides — a winner, harm, or futility — or at the planned
+# maximum. Every 50 requests the guardrails (latency p95 and error rate, non-inferiority against
+# the champion) are checked; a breach would hand all the traffic back to the champion at once.
+# Rows go out at a steady production-like pace (`REPLAY_RATE`), so the dashboard has curves.
 
 # %%
 baseline = experiment.wait_for_scrape(prometheus_url)  # Prometheus has read every counter: count from here
-replay = feedback.replay(
+result = experiment.run_monitored(
     endpoints,
+    plan,
+    manifest=manifest,
+    state_dir=STATE_DIR,
+    prometheus_url=prometheus_url,
     limit=REPLAY_LIMIT,
-    concurrency=CONCURRENCY,
-    feedback_via="arm",
     rate=REPLAY_RATE,
+    concurrency=CONCURRENCY,
     log_path=Path(WORK_DIR) / "feedback-arm.csv",
-    progress=False,
+    rollback=TARGET == "local",  # a breach edits the local stack's working copy
+    since=baseline,
 )
+replay = result.replay
 print(replay.summary())
 
 # %% [markdown]
@@ -298,10 +318,29 @@ print(replay.summary())
 experiment.cross_check(replay.log, prometheus_url, since=baseline)
 
 # %% [markdown]
-# ## 6. Analyse: a verdict with confidence
+# ## 6. Analyse: where the test stopped, and why
 #
-# First, what a dashboard shows: the same PromQL as `serving/grafana/ab-test.json` (Seldon's
-# *Prediction Analytics* dashboard with its bugs fixed), run against Prometheus over the replay.
+# The always-valid interval of the difference and the test's evidence, request by request: the
+# run stops where the evidence crosses a boundary (the dotted line).
+
+# %%
+display(result.figure())
+
+# %% [markdown]
+# A comparison is only as good as its split and its guardrails: the served counts against the
+# configured weights (a χ² test, from the log and from Prometheus), and the candidate's latency
+# and error rate against the champion's.
+
+# %%
+for check in result.srm:
+    print(check)
+result.guardrail_table()
+
+# %% [markdown]
+# What a dashboard shows over the same requests: the PromQL of `serving/grafana/ab-test.json`
+# (Seldon's *Prediction Analytics* dashboard with its bugs fixed), run against Prometheus. (The
+# latency figure reads the gateway's own histogram, `gateway_request_seconds`, whose buckets
+# start at 0.1 ms; a window with too few requests to place a quantile is left out.)
 
 # %%
 frames = experiment.figure_frames(
@@ -312,22 +351,25 @@ for name, figure in experiment.figures(frames, verdict).items():
     experiment.save(figure, name, IMAGES)
     display(figure)
 
-# %% [markdown]
-# (The latency figure reads the gateway's own histogram, `gateway_request_seconds`, whose buckets
-# start at 0.1 ms: Seldon's executor histogram, which the dashboard keeps, starts at 5 ms and
-# cannot tell apart model servers that answer in a few milliseconds. A window with too few
-# requests to place a quantile is left out, and the figure says so. `make bench` measures
-# latency request by request.)
-#
-# Curves invite eyeballing. The per-request log answers the actual question — is one arm's
-# mean reward higher, by more than chance explains? — with 95% confidence intervals, Welch's
-# t-test on the rewards, and the sample size a test of this power needs:
-
 # %%
-experiment.stats_table(verdict.stats)
-
-# %%
-display(Markdown(f"**Verdict.** {verdict.summary}"))
+test, stages = result.test, result.seconds
+low, high = test.interval
+crossed = (
+    f"the evidence crossed a boundary at request {test.look:,}" if test.look else "no boundary was crossed"
+)
+stopped = f"the run stopped at request {result.look:,}" if result.look else "the run used every row"
+display(
+    Markdown(
+        f"**Verdict: {result.decision}.** The plan allowed at most {plan.design.n_max:,} requests per arm "
+        f"(a one-look test needs {plan.n_fixed:,}); {crossed} ({test.n[test.control]:,} on {test.control}, "
+        f"{test.n[test.treatment]:,} on {test.treatment}) and {stopped} of {len(holdout_rows):,}: "
+        f"{test.treatment} − {test.control} = {test.difference:+.3f} (always-valid "
+        f"95% interval {low:+.3f} to {high:+.3f}, e-value {test.e_value:.3g}). "
+        f"Split: {'; '.join(s.sentence for s in result.srm)}. "
+        f"Guardrails: {', '.join(f'{r.name} {r.status}' for r in result.guardrails[test.treatment])}. "
+        f"{result.gate.sentence}. The run and the decision took {sum(stages.values()):.1f} s."
+    )
+)
 
 # %% [markdown]
 # ## 7. The flaw in feedback through the ingress, measured
@@ -362,14 +404,20 @@ display(
 # %% [markdown]
 # ## 8. Promote the winner
 #
-# Promotion acts only on a significant verdict: it moves the registry alias `@champion` to the
-# winning version and sets the winner's traffic to 100 in the manifest, which the gateway
-# applies without dropping a request. Otherwise it changes nothing and says how many more
-# requests the test needs. `python -m experiment rollback` undoes it.
+# Promotion acts only when the experiment allows it: a sound split (no sample ratio mismatch),
+# every guardrail passed, and the sequential test's winner. Then it moves the registry alias
+# `@champion` to the winning version and sets the winner's traffic to 100 in the manifest, which
+# the gateway applies without dropping a request; the decision record keeps the test, n per
+# arm, estimate, interval, e-value, the split check and the guardrails. Otherwise it changes
+# nothing and says why. `python -m experiment rollback` undoes it.
 
 # %%
 outcome = experiment.promote(
-    replay.path, manifest=manifest, record=Path(WORK_DIR) / "promotions.json", state_dir=STATE_DIR
+    replay.path,
+    manifest=manifest,
+    record=Path(WORK_DIR) / "promotions.json",
+    state_dir=STATE_DIR,
+    decision=result,
 )
 print(outcome)
 

@@ -28,6 +28,7 @@ than α; the cost of one is a rollback, the safe side. The final guardrails deci
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -39,6 +40,9 @@ from experiment.promql import GATEWAY_REQUESTS, LATENCY_SOURCES
 
 GUARDRAIL_BREACH = "guardrail breach"
 CHECK_EVERY = 50  # served requests between guardrail checks during a run
+# bootstrap resamples of a latency check during the run: each check holds the replay's event loop
+# (2,000 take ~60 ms); the final guardrails, which gate promotion, use the configured number
+RUN_RESAMPLES = 400
 MIN_LATENCIES = 20  # per arm, before the latency guardrail is checked during a run
 
 
@@ -199,7 +203,12 @@ class RunMonitor:
             arm: sequential.Monitor(each, control, arm, adjusted=covariates is not None)
             for arm in self.challengers
         }
-        self.covariates = None if covariates is None else covariates.to_dict("index")
+        # a Future (run_monitored computes the table while the first requests go out): rows wait in
+        # ``waiting`` until it is ready - the first look needs min_n requests per arm anyway
+        self._covariates, self.covariates, self.waiting = covariates, None, []
+        self.covariates_at = None  # the look at which a Future's covariates were ready
+        if isinstance(covariates, pd.DataFrame):
+            self.covariates = covariates.to_dict("index")
         self.config, self.check_every, self.on_breach = config, check_every, on_breach
         self.metrics_url, self.baseline = metrics_url, {}
         if metrics_url:
@@ -227,6 +236,23 @@ class RunMonitor:
     def add(self, row: dict) -> str:
         """One completed request (a feedback.py log row); returns the decision at this look."""
         self.seen += 1
+        if self.stopped:
+            return self.decision
+        if self._covariates is not None and self.covariates is None:
+            # enough rows for the first look: wait for the covariates (this holds the replay)
+            first_look = len(self.latencies) * self.design.min_n
+            if not self._covariates.done() and len(self.waiting) < first_look:
+                self.waiting.append(row)
+                return self.decision
+            self.covariates = self._covariates.result().to_dict("index")
+            self.covariates_at = self.seen
+            waiting, self.waiting = self.waiting, []
+            for earlier in waiting:  # looked at now, in the order they completed
+                if self._add(earlier) != sequential.CONTINUE:
+                    return self.decision
+        return self._add(row)
+
+    def _add(self, row: dict) -> str:
         if self.stopped:
             return self.decision
         arm = row.get("arm")
@@ -276,7 +302,13 @@ class RunMonitor:
         return len(ours) == 2 * len(winners) and all(r.ok for r in ours)
 
     def finish(self) -> None:
-        """After the last row: a winner still waiting for its guardrails stops here, and says so."""
+        """After the last row: rows still waiting for the covariates are looked at; a winner still
+        waiting for its guardrails stops here, and says so."""
+        if self.waiting and not self.stopped:
+            self.covariates = self._covariates.result().to_dict("index")
+            waiting, self.waiting = self.waiting, []
+            for row in waiting:
+                self._add(row)
         if not self.stopped and self.test_look is not None:
             decision, reason = self._overall({a: m.decision for a, m in self.monitors.items()})
             self._stop(decision, f"{reason}; its guardrails had not passed when the rows ran out")
@@ -489,6 +521,7 @@ def run_monitored(
     check_every: int = CHECK_EVERY,
     rollback: bool = True,
     progress: bool = False,
+    since: float | None = None,
 ) -> MonitoredExperiment:
     """Run the planned experiment on the hold-out traffic, stop when it decides, and decide.
 
@@ -496,7 +529,8 @@ def run_monitored(
     split the sample-ratio check expects and the rollback; ``control``: default ``plan.control``;
     ``covariates``: True computes them (``covariate_table``), a table uses it, False/None runs
     the unadjusted test; ``prometheus_url``: also check SRM and error rates on Prometheus's counts;
-    ``rollback``: a guardrail breach hands all the traffic to the control (local stack).
+    ``rollback``: a guardrail breach hands all the traffic to the control (local stack);
+    ``since``: a ``wait_for_scrape()`` taken just before (else it waits for one itself).
     """
     import feedback
     from training.data import SEED
@@ -514,31 +548,44 @@ def run_monitored(
         raise ValueError(
             f"{manifest} serves {split}: need traffic for the control {control!r} and another arm"
         )
-    start = time.perf_counter()
-    if covariates is True:
-        covariates = covariate_table(manifest, seed)
-    elif covariates is False:
-        covariates = None
-    timings["covariates"] = time.perf_counter() - start
-    since = None
-    if prometheus_url:
+    if prometheus_url and since is None:
         from experiment.prometheus_data import wait_for_scrape
 
         since = wait_for_scrape(prometheus_url)
+    pool = None
+    if covariates is True:  # computed while the first requests go out (the first look needs min_n per arm)
+        pool = ThreadPoolExecutor(1)
+        covariates = pool.submit(covariate_table, manifest, seed)
+    elif covariates is False:
+        covariates = None
     monitor = RunMonitor(
         plan.design,
         control,
         challengers,
         covariates,
-        config,
+        replace(config, resamples=min(config.resamples, RUN_RESAMPLES)),
         check_every,
         metrics_url=endpoints.ingress_url,
         on_breach=(lambda arm, results: rollback_to(control, state_dir)) if rollback else None,
     )
     start = time.perf_counter()
-    replayed = feedback.replay(
-        endpoints, limit, concurrency, seed, "arm", log_path, progress=progress, rate=rate, monitor=monitor
-    )
+    try:
+        replayed = feedback.replay(
+            endpoints,
+            limit,
+            concurrency,
+            seed,
+            "arm",
+            log_path,
+            progress=progress,
+            rate=rate,
+            monitor=monitor,
+        )
+        if pool is not None:
+            covariates = covariates.result()  # raises here if it failed
+    finally:
+        if pool is not None:
+            pool.shutdown()
     monitor.finish()
     replayed.decision, replayed.reason, replayed.look = monitor.decision, monitor.reason, monitor.look
     timings["run"] = time.perf_counter() - start

@@ -71,7 +71,7 @@ def test_run_monitored_plans_runs_stops_and_promotion_follows_the_gate(stack, en
     assert result.look is not None and result.test_look <= result.look
     assert result.replay.sent < len(feedback.holdout_rows()) or result.decision == sequential.PLANNED_N
     assert result.sentence.startswith(result.decision) and "sample ratio" in result.sentence
-    assert set(result.seconds) == {"covariates", "run", "analysis"}
+    assert set(result.seconds) == {"run", "analysis"}
 
     record = tmp_path / "promotions.json"
     outcome = experiment.promote(
@@ -101,3 +101,13 @@ def test_the_decision_record_is_json(stack, endpoints, tmp_path):
     )
     json.dumps(result.record())
     assert len(result.srm) == 1 and not result.test.adjusted
+
+
+def test_feedback_monitor_command(stack, tmp_path, capsys):
+    log = tmp_path / "cli.csv"
+    assert (
+        feedback.main(["--monitor", "model-b", "--state-dir", str(stack.state_dir), "--log", str(log)]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "planned before traffic" in out and "sample ratio" in out and f"log: {log}" in out
+    assert {"look", "decision"} <= set(pd.read_csv(log).columns)

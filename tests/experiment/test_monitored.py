@@ -162,3 +162,30 @@ def test_feedback_monitor_without_a_stack_says_so(tmp_path, capsys):
     assert "no local stack is running" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # a cluster has no working copy for the rollback to edit
         feedback.main(["--monitor", "model-b", "--ingress", "127.0.0.1:9", "--predictor", "a=127.0.0.1:9"])
+
+
+def test_covariates_still_being_computed_hold_the_rows_and_then_give_the_same_test():
+    from concurrent.futures import Future
+
+    log = simulated_log({"b": 0.76, "a": 0.82}, 3000, seed=4)
+    x = log["reward"] + np.random.default_rng(2).normal(0, 0.1, len(log))
+    table = pd.DataFrame(
+        {cuped.column("a"): x.to_numpy(), cuped.column("b"): x.to_numpy()}, index=log["request_id"]
+    )
+    ready = RunMonitor(DESIGN, "b", ["a"], covariates=table)
+    feed(ready, log)
+    later = Future()
+    pending = RunMonitor(DESIGN, "b", ["a"], covariates=later)
+    rows = log.to_dict("records")
+    for row in rows[:60]:  # fewer than the first look needs
+        assert pending.add(row) == sequential.CONTINUE
+    assert len(pending.waiting) == 60
+    later.set_result(table)
+    for row in rows[60:]:
+        if pending.add(row) != sequential.CONTINUE:
+            break
+    assert (pending.decision, pending.look, pending.test_look) == (
+        ready.decision,
+        ready.look,
+        ready.test_look,
+    )
