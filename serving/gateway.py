@@ -199,7 +199,7 @@ class GatewayConfig:
     upstream_timeout: float = 5.0  # seconds; Seldon's default rest-timeout is 5000 ms
     reload_interval: float = 0.5
     seed: int | None = None
-    shadow_max_in_flight: int = 64  # mirrors waiting for the shadow beyond this are skipped and counted
+    shadow_max_in_flight: int = 256  # mirrors waiting for the shadow beyond this are skipped and counted
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> GatewayConfig:

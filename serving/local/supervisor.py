@@ -226,7 +226,10 @@ class Supervisor:
             children.append(
                 Child(
                     name="request-logger" if len(sink_ports) == 1 else f"request-logger-{port}",
-                    argv=[
+                    argv=[  # niced as the shadow is: the callers' requests come first on shared cores
+                        "nice",
+                        "-n",
+                        str(SHADOW_NICENESS),
                         sys.executable,
                         "-m",
                         "serving.request_logger",

@@ -1,0 +1,339 @@
+"""Shadow benchmark: what a shadow costs the caller, and how many requests the paired comparison saves.
+
+    .venv/bin/python -m bench.shadow                   # trains both arms into a temporary store
+    .venv/bin/python -m bench.shadow --quick --tracking-uri sqlite:///... --no-write   # a quick look
+
+It starts its own local stack from serving/model-shadow.yaml (free loopback ports, its own state
+folder; stopped by pid at the end) and:
+
+1. **Latency.** Sequential 1-row predictions, interleaved request by request, through three
+   gateways in front of the same model servers: the stack's (model-a serving, model-b as a logged
+   shadow), one serving the same manifest without the shadow (model-a logged), and one without the
+   shadow or logging. p50 and p99 of each, and what the shadow adds (goal: <= 0.2 ms at p50).
+   The mirror is sent after the caller's answer, so its cost shows as CPU the next request shares.
+2. **Requests for 80% power.** The hold-out rows are replayed through the stack's ingress as
+   feedback.py does (each with a ``Seldon-Puid``); the replay log is joined with the shadow's
+   logged answers by that id (experiment.paired.from_replay), and the rewards of both models on the
+   same rows give the callers' requests each design needs to detect the observed difference with
+   80% power at alpha 0.05: the paired shadow comparison (each caller request answered by both;
+   the mirror costs the caller nothing) against the 50/50 A/B test (each caller request answered
+   by one arm) - exact noncentral-t sizes (experiment.paired.required_requests; goal: >= 5x fewer).
+   Then, side by side, each design's power is measured by resampling the replayed rows at its own
+   size: the paired t-test on n rows, Welch's test on a 50/50 split of the A/B size.
+
+Results: the ``shadow`` key of bench/results.json (other keys untouched), or ``--out FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import psutil
+import requests
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `python bench/shadow.py` from anywhere
+
+SHADOW = REPO / "serving" / "model-shadow.yaml"
+RESULTS = REPO / "bench" / "results.json"
+SHARED_DATA = REPO.parent / "shared" / "data" / "wine-quality.csv"  # offline machines and CI
+MAIN, CHALLENGER = "model-a", "model-b"
+GOALS = {"shadow_added_p50_ms": ("<=", 0.2), "ab_over_paired_requests": (">=", 5.0)}
+FULL = {"rows": None, "latency_requests": 2000, "simulations": 2000}
+QUICK = {"rows": 400, "latency_requests": 300, "simulations": 500}
+WARMUP = 100
+
+
+def variant(stack, folder: Path, name: str, shadow: bool, logging: bool) -> Path:
+    """The stack's working copy (its logger URLs already on the stack's sink) without the shadow
+    and/or without loggers."""
+    manifest = copy.deepcopy(yaml.safe_load(Path(stack.manifest_path).read_text()))
+    predictors = manifest["spec"]["predictors"]
+    if not shadow:
+        predictors[:] = [p for p in predictors if not p.get("shadow")]
+    if not logging:
+        for p in predictors:
+            p["graph"].pop("logger", None)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return path
+
+
+def start_gateway(stack, manifest: Path, folder: Path, name: str) -> tuple[subprocess.Popen, str]:
+    """A second gateway serving ``manifest`` in front of the stack's model servers."""
+    from serving.gateway import GatewayConfig
+    from serving.local import free_port
+
+    names = [p["name"] for p in yaml.safe_load(manifest.read_text())["spec"]["predictors"]]
+    config = GatewayConfig(
+        manifest=str(manifest),
+        upstreams={n: stack.urls["models"][n] for n in names},
+        predictor_ports={n: free_port() for n in names},
+        ingress_port=free_port(),
+        seed=1,
+    )
+    config.write(folder / f"{name}.json")
+    log = open(folder / f"{name}.log", "ab")  # noqa: SIM115 (the process's log: closed at exit)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serving.gateway", "--config", str(folder / f"{name}.json")],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        process_group=0,
+    )
+    url = f"http://127.0.0.1:{config.ingress_port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/ready", timeout=1).status_code == 200:
+                return proc, f"{url}/seldon/default/wines-classifier/api/v1.0"
+        except requests.RequestException:
+            time.sleep(0.2)
+    raise TimeoutError(f"gateway {name} did not start; see {folder / f'{name}.log'}")
+
+
+def latency(ingresses: dict[str, str], n: int, pids: dict[str, list[int]]) -> dict:
+    """Sequential 1-row predictions through each ingress, interleaved; p50/p99 in ms of each, and the
+    CPU each group of ``pids`` spent per round (one request through every ingress): a gateway's is
+    its CPU per request it served; a shared process's (a model server, the sink) covers all three."""
+    from bench.load import percentile
+    from bench.run import cpu_seconds
+    from serving.client import prediction_request
+    from training.data import FEATURES
+
+    body = prediction_request(
+        np.array([[7.0, 0.27, 0.36, 20.7, 0.045, 45.0, 170.0, 1.001, 3.0, 0.45, 8.8]]), FEATURES
+    )
+    times: dict[str, list[float]] = {name: [] for name in ingresses}
+    cpu_before = {name: cpu_seconds(group) for name, group in pids.items()}
+    with requests.Session() as session:
+        for i in range(n + WARMUP):
+            for name, url in ingresses.items():
+                start = time.perf_counter()
+                session.post(f"{url}/predictions", json=body, timeout=10).raise_for_status()
+                if i >= WARMUP:
+                    times[name].append((time.perf_counter() - start) * 1000)
+    rounds = n + WARMUP
+    return {
+        name: {"p50_ms": percentile(t, 50), "p99_ms": percentile(t, 99), "requests": len(t)}
+        for name, t in times.items()
+    } | {
+        "cpu_us_per_round": {
+            name: (cpu_seconds(group) - cpu_before[name]) / rounds * 1e6 for name, group in pids.items()
+        }
+    }
+
+
+def measured_power(
+    main: np.ndarray, shadow: np.ndarray, paired_n: int, ab_n: int, simulations: int, seed: int
+) -> dict:
+    """Each design's power at its own size, by resampling the replayed rows (with replacement):
+    the paired t-test on ``paired_n`` rows both models answered; Welch's test on ``ab_n`` callers'
+    rows split 50/50 by a coin, each row earning only its arm's reward."""
+    from scipy import stats
+
+    rng = np.random.default_rng(seed)
+    rows = len(main)
+    paired_hits = ab_hits = 0
+    for _ in range(simulations):
+        i = rng.integers(0, rows, paired_n)
+        paired_hits += stats.ttest_rel(shadow[i], main[i]).pvalue < 0.05
+        j = rng.integers(0, rows, ab_n)
+        arm = rng.integers(0, 2, ab_n).astype(bool)
+        ab_hits += stats.ttest_ind(shadow[j][arm], main[j][~arm], equal_var=False).pvalue < 0.05
+    return {"paired": paired_hits / simulations, "ab": ab_hits / simulations, "simulations": simulations}
+
+
+def wait_for_events(folder: Path, puids: set[str], timeout: float = 60) -> None:
+    from serving.request_logger import read_events
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answered = {
+            e["requestid"]
+            for e in read_events(folder)
+            if e["endpoint"] == CHALLENGER and e["kind"] == "response"
+        }
+        if puids <= answered:
+            return
+        time.sleep(0.25)
+
+
+def write_key(results: dict, path: Path = RESULTS, key: str = "shadow") -> None:
+    """Set ``key`` of bench/results.json, leaving every other key as it was."""
+    document = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    document[key] = results
+    path.write_text(json.dumps(document, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def _p(run: dict) -> str:
+    return f"{run['p50_ms']:.3f}/{run['p99_ms']:.3f}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=None, help="hold-out rows to replay (default: all)")
+    parser.add_argument("--latency-requests", type=int, default=None, help="per gateway (2000)")
+    parser.add_argument("--simulations", type=int, default=None, help="resamples per design (2000)")
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK} where not given, instead of {FULL}")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=None, help="a JSON file instead of bench/results.json")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="an existing store with @a and @b (default: train into a temporary one)",
+    )
+    args = parser.parse_args(argv)
+    for name, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+    import feedback
+    from bench.run import group_pids
+    from experiment import paired
+    from scripts.readme import machine
+    from serving.endpoints import Endpoints
+    from serving.local import LocalStack
+
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    if not os.environ.get("WINE_QUALITY_CSV") and SHARED_DATA.is_file():
+        os.environ["WINE_QUALITY_CSV"] = str(SHARED_DATA)
+    folder = Path(tempfile.mkdtemp(prefix="bench-shadow-"))
+    if args.tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
+    else:
+        from training.arms import train_arms
+
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
+        train_arms()
+    stack = LocalStack.up(SHADOW, port=0, state_dir=folder / "stack", timeout=300)
+    gateways: list[subprocess.Popen] = []
+    try:
+        # 1. the requests each design needs, from a replay of the hold-out rows
+        log_path = folder / "replay.csv"
+        replay = feedback.replay(
+            Endpoints.local(stack.state_dir), limit=args.rows, log_path=log_path, progress=False
+        )
+        events = stack.state_dir / "request-logs"
+        wait_for_events(events, set(replay.log["puid"].dropna()))
+        pairs = paired.from_replay(log_path, events, shadow=CHALLENGER)
+        test = paired.paired_test(pairs)
+        sizes = paired.required_requests(pairs)
+        frame = pairs.frame
+        power = measured_power(
+            frame["reward_main"].to_numpy(),
+            frame["reward_shadow"].to_numpy(),
+            int(np.ceil(sizes.paired)),
+            2 * int(np.ceil(sizes.ab_per_arm)),
+            args.simulations,
+            args.seed,
+        )
+        # 2. the caller's latency with and without the shadow
+        ingresses = {"with_shadow": stack.ingress_url}
+        for name, shadow, logging in (
+            ("without_shadow", False, True),
+            ("without_shadow_or_logging", False, False),
+        ):
+            proc, url = start_gateway(stack, variant(stack, folder, name, shadow, logging), folder, name)
+            gateways.append(proc)
+            ingresses[name] = url
+        processes = stack.status()["processes"]
+        gateway = psutil.Process(processes["gateway"]["pid"])
+        pids = {
+            # each gateway process alone: the CPU the caller's path spends (the others serve 1/3 each)
+            "gateway_with_shadow": [gateway.pid],
+            "gateway_without_shadow": [gateways[0].pid],
+            "gateway_without_shadow_or_logging": [gateways[1].pid],
+            "logger_processes": [
+                c.pid for g in (gateway, psutil.Process(gateways[0].pid)) for c in g.children()
+            ],
+            "sink": group_pids(processes["request-logger"]["pid"]),
+            "shadow_model_server": group_pids(processes[CHALLENGER]["pid"]),
+            "main_model_server": group_pids(processes[MAIN]["pid"]),
+        }
+        timing = latency(ingresses, args.latency_requests, pids)
+        mirrored = requests.get(f"http://{stack.gateway_endpoint}/admin/status", timeout=5).json()["shadow"]
+    finally:
+        for proc in gateways:
+            os.killpg(proc.pid, signal.SIGTERM)  # the group this script started
+            proc.wait(timeout=30)
+        stack.down()
+    cpu = timing["cpu_us_per_round"]
+    added_p50 = timing["with_shadow"]["p50_ms"] - timing["without_shadow"]["p50_ms"]
+    added_p99 = timing["with_shadow"]["p99_ms"] - timing["without_shadow"]["p99_ms"]
+    result = {
+        "started": started,
+        "machine": machine(),
+        "command": "python -m bench.shadow " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "latency": timing,
+        "shadow_added_p50_ms": added_p50,
+        "shadow_added_p99_ms": added_p99,
+        "logging_added_p50_ms": timing["without_shadow"]["p50_ms"]
+        - timing["without_shadow_or_logging"]["p50_ms"],
+        "mirrors": mirrored,
+        "replay": {
+            "rows": len(replay.log),
+            "errors": int((replay.log["error"].fillna("") != "").sum()),
+            "paired_rows": len(pairs),
+            "unpaired_main_only": pairs.main_only,
+        },
+        "paired_test": test.as_dict(),
+        "required_requests": {
+            "effect": sizes.effect,
+            "correlation": sizes.correlation,
+            "sd_main": sizes.sd_main,
+            "sd_shadow": sizes.sd_shadow,
+            "sd_difference": sizes.sd_difference,
+            "paired": sizes.paired,
+            "ab_total": sizes.ab_total,
+            "ab_per_arm": sizes.ab_per_arm,
+        },
+        "ab_over_paired_requests": sizes.ratio,
+        "measured_power_at_those_sizes": power,
+    }
+    result["goals"] = {
+        name: {
+            "goal": f"{op} {bound}",
+            "met": bool(result[name] <= bound if op == "<=" else result[name] >= bound),
+        }
+        for name, (op, bound) in GOALS.items()
+    }
+    shutil.rmtree(folder, ignore_errors=True)
+    print(
+        f"caller p50/p99: with shadow {_p(timing['with_shadow'])} ms, "
+        f"without {_p(timing['without_shadow'])} ms "
+        f"(shadow adds {added_p50:+.3f} ms at p50, {added_p99:+.3f} ms at p99; "
+        f"without logging either: {timing['without_shadow_or_logging']['p50_ms']:.3f} ms p50)\n"
+        f"CPU µs per round (a gateway: per request it served): "
+        f"{json.dumps({k: round(v) for k, v in cpu.items()})}\n"
+        f"{test.summary()}\n{sizes.summary()}\n"
+        f"measured power at those sizes ({power['simulations']} resamples of the replayed rows): "
+        f"paired {power['paired']:.3f} with {int(np.ceil(sizes.paired))} requests, "
+        f"A/B {power['ab']:.3f} with {2 * int(np.ceil(sizes.ab_per_arm))}\n"
+        f"goals: {json.dumps(result['goals'])}"
+    )
+    if not args.no_write:
+        if args.out:
+            args.out.write_text(json.dumps(result, indent=2))
+        else:
+            write_key(result)
+        print(f"wrote {args.out or RESULTS.relative_to(REPO)}" + ("" if args.out else "['shadow']"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
