@@ -453,6 +453,8 @@ class MonitoredExperiment:
         import matplotlib.pyplot as plt
 
         test = self.test
+        if test is None:
+            raise ValueError(f"{self.chosen} answered no request: there is no test to draw")
         looks = test.looks
         design = test.design
         first = looks[[f"n_{test.control}", f"n_{test.treatment}"]].min(axis=1) >= design.min_n
