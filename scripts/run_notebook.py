@@ -183,6 +183,10 @@ def run(
         resources={"metadata": {"path": str(REPO)}},
         record_timing=True,
         extra_arguments=KERNEL_ARGUMENTS,
+        # a cell's last output can reach nbclient seconds after its reply on a busy machine: wait for
+        # it (nbclient's default, 4 s, silently dropped a curl's answer here), and fail if it never comes
+        iopub_timeout=60,
+        raise_on_iopub_timeout=True,
     )
     start = time.perf_counter()
     try:
