@@ -142,7 +142,9 @@ def _filesystem(uri: str, storage_options: Mapping | None):
     import fsspec
 
     try:
-        return fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
+        # a fresh filesystem each time: fsspec's instance cache keys on the arguments, not on the
+        # environment, so a cached one would keep the endpoint and credentials of an earlier call
+        return fsspec.core.url_to_fs(uri, skip_instance_cache=True, **dict(storage_options or {}))
     except ImportError as e:  # s3fs / gcsfs missing
         raise PublishError(f"{uri}: {e}; install the project's requirements.txt") from e
 
