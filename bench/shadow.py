@@ -127,13 +127,21 @@ def latency(ingresses: dict[str, str], n: int, pids: dict[str, list[int]]) -> di
                 if i >= WARMUP:
                     times[name].append((time.perf_counter() - start) * 1000)
     rounds = n + WARMUP
+    # the shadow's p50 cost in each fifth of the run: how much it moves with the machine's load
+    m = n // 5
+    fifths = [
+        percentile(times["with_shadow"][k * m : (k + 1) * m], 50)
+        - percentile(times["without_shadow"][k * m : (k + 1) * m], 50)
+        for k in range(5)
+    ]
     return {
         name: {"p50_ms": percentile(t, 50), "p99_ms": percentile(t, 99), "requests": len(t)}
         for name, t in times.items()
     } | {
+        "shadow_added_p50_ms_by_fifth": fifths,
         "cpu_us_per_round": {
             name: (cpu_seconds(group) - cpu_before[name]) / rounds * 1e6 for name, group in pids.items()
-        }
+        },
     }
 
 
@@ -210,6 +218,7 @@ def main(argv=None) -> int:
     from serving.local import LocalStack
 
     started = datetime.now(UTC).isoformat(timespec="seconds")
+    load_before = os.getloadavg()  # the machine is shared: how busy it was frames the latency figures
     if not os.environ.get("WINE_QUALITY_CSV") and SHARED_DATA.is_file():
         os.environ["WINE_QUALITY_CSV"] = str(SHARED_DATA)
     folder = Path(tempfile.mkdtemp(prefix="bench-shadow-"))
@@ -279,6 +288,8 @@ def main(argv=None) -> int:
         "started": started,
         "machine": machine(),
         "command": "python -m bench.shadow " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
         "latency": timing,
         "shadow_added_p50_ms": added_p50,
         "shadow_added_p99_ms": added_p99,
@@ -316,7 +327,8 @@ def main(argv=None) -> int:
     print(
         f"caller p50/p99: with shadow {_p(timing['with_shadow'])} ms, "
         f"without {_p(timing['without_shadow'])} ms "
-        f"(shadow adds {added_p50:+.3f} ms at p50, {added_p99:+.3f} ms at p99; "
+        f"(shadow adds {added_p50:+.3f} ms at p50, {added_p99:+.3f} ms at p99; by fifth of the run: "
+        f"{', '.join(f'{x:+.2f}' for x in timing['shadow_added_p50_ms_by_fifth'])} ms at p50; "
         f"without logging either: {timing['without_shadow_or_logging']['p50_ms']:.3f} ms p50)\n"
         f"CPU µs per round (a gateway: per request it served): "
         f"{json.dumps({k: round(v) for k, v in cpu.items()})}\n"
