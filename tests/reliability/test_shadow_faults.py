@@ -117,8 +117,9 @@ def check_caller_untouched(log, baseline, what: str) -> None:
         f"baseline p50 {baseline['predict_ms'].median():.2f} ms, p99 {base:.2f} ms"
     )
     # A caller waiting for the shadow would wait its 5 s timeout; what remains is CPU noise of a shared
-    # 2-core machine (baselines' p99 varied 14-42 ms between runs at load 5-6): 3x, or 25 ms more
-    assert now <= max(3 * base, base + 25), (now, base)
+    # 2-core machine shared with other work (baselines' p99 ranged 11-148 ms between runs at load 4-8,
+    # and the shadow's restart loads a model on the same cores): 3x, or 50 ms more
+    assert now <= max(3 * base, base + 50), (now, base)
 
 
 @pytest.fixture(scope="module")
