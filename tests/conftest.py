@@ -25,6 +25,21 @@ def pytest_configure(config):
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 
+# fixtures that cost tens of seconds (training with `mlflow run`) or start a real stack: a test
+# that uses one is out of `make test-fast` whatever its own markers say
+SLOW_FIXTURES = {"trained_arms", "worse_arm"}
+STACK_FIXTURES = {"stack"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & STACK_FIXTURES:
+            item.add_marker(pytest.mark.stack)
+        if fixtures & (SLOW_FIXTURES | STACK_FIXTURES):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def crd() -> Path:
     if not SHARED_CRD.is_file():
