@@ -34,8 +34,13 @@ from experiment.stats import ArmStats, arm_stats, power, required_n, stats_table
 from experiment.verdict import Verdict, verdict
 
 _PROMOTION = ("Outcome", "PromotionError", "promote", "rollback")
-# the monitored experiment (plan -> run -> stop): experiment/monitored.py
-_MONITORED = ("MonitoredExperiment", "RunMonitor", "plan_experiment", "run_monitored")
+# the monitored experiment (plan -> run -> stop): name -> its module
+_MONITORED = {
+    "MonitoredExperiment": "monitored_result",
+    "RunMonitor": "run_monitor",
+    "plan_experiment": "monitored",
+    "run_monitored": "monitored",
+}
 
 
 def __getattr__(name: str):
@@ -45,9 +50,9 @@ def __getattr__(name: str):
 
         return getattr(promotion, name)
     if name in _MONITORED:  # scikit-learn and MLflow, also only when asked for
-        from experiment import monitored
+        import importlib
 
-        return getattr(monitored, name)
+        return getattr(importlib.import_module(f"experiment.{_MONITORED[name]}"), name)
     raise AttributeError(f"module 'experiment' has no attribute {name!r}")
 
 

@@ -12,7 +12,7 @@ import pytest
 import experiment
 import feedback
 from experiment import monitored, sequential
-from experiment.monitored import RunMonitor
+from experiment.run_monitor import RunMonitor
 from serving.endpoints import Endpoints
 
 pytestmark = pytest.mark.stack

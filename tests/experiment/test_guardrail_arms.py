@@ -13,13 +13,14 @@ import shutil
 import textwrap
 
 import numpy as np
+import pandas as pd
 import pytest
 import requests
 
 import experiment
 import feedback
 from experiment import guardrails, sequential
-from experiment.monitored import GUARDRAIL_BREACH
+from experiment.run_monitor import GUARDRAIL_BREACH
 from serving import deployment as sdep
 from serving import manifest as manifest_yaml
 from serving.endpoints import Endpoints
@@ -126,7 +127,7 @@ def test_a_slow_arm_breaches_the_latency_guardrail_and_the_run_rolls_back(guarde
     assert sdep.load(guarded.manifest_path).traffic == {"model-a": 100, "model-b": 0, "model-c": 0}
     assert served_by(Endpoints.local(guarded.state_dir)) == {"model-a"}
     # the log records where it stopped; promotion refuses, and says why
-    log = feedback.pd.read_csv(result.replay.path)
+    log = pd.read_csv(result.replay.path)
     assert log.loc[log["look"] == result.look, "decision"].item() == GUARDRAIL_BREACH
     record = tmp_path / "promotions.json"
     outcome = experiment.promote(

@@ -12,7 +12,7 @@ import pytest
 
 import feedback
 from experiment import cuped, guardrails, monitored, planning, sequential
-from experiment.monitored import GUARDRAIL_BREACH, RunMonitor
+from experiment.run_monitor import GUARDRAIL_BREACH, RunMonitor
 
 DESIGN = sequential.Design(mde=0.05, n_max=2000, sd=0.2)
 FAST = guardrails.GuardrailConfig(resamples=300)  # fewer bootstrap resamples where many checks run
