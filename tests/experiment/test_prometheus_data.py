@@ -35,10 +35,12 @@ def test_scrape_rates_show_the_replays_steady_pace_and_count_every_request(stack
     assert sorted(rates.columns) == sorted(arms.index) and (rates >= 0).all().all()
     # every prediction of the replay, and nothing else, is in the intervals (each one scrape long)
     assert (rates.sum() * SCRAPE_INTERVAL_SECONDS).to_numpy() == pytest.approx(arms.to_numpy(), rel=0.01)
-    # the whole intervals inside the replay run at its pace (no ramp): within 15% of what the log measured
+    # the whole intervals inside the replay run at its pace (no ramp, which read 20 -> 80 -> 20 for a
+    # steady 150/s): within 30% of what the log measured. Prometheus stamps a sample with the scrape's
+    # start, while a busy target answers later, so one interval can read a quarter high on a loaded machine
     pace = len(result.log) / (result.finished - result.started)
     inside = rates.sum(axis=1).iloc[1:-1]
-    assert len(inside) >= 2 and ((inside - pace).abs() < 0.15 * pace).all(), (pace, inside.tolist())
+    assert len(inside) >= 2 and ((inside - pace).abs() < 0.3 * pace).all(), (pace, inside.tolist())
 
 
 @pytest.mark.stack
