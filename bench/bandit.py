@@ -178,36 +178,11 @@ def latency(bandit_ingress: str, plain_ingress: str, n: int) -> dict:
 
 def plain_gateway(stack, folder: Path) -> tuple[subprocess.Popen, str]:
     """A second gateway serving the A/B manifest in front of the bandit stack's model servers."""
-    from serving.gateway import GatewayConfig
-    from serving.local import free_port
+    from bench.servers import start_gateway
 
     manifest = folder / "model-a-b.yaml"
     shutil.copy(AB, manifest)
-    config = GatewayConfig(
-        manifest=str(manifest),
-        upstreams={arm: stack.urls["models"][arm] for arm in ARMS},
-        predictor_ports={arm: free_port() for arm in ARMS},
-        ingress_port=free_port(),
-        seed=1,
-    )
-    config.write(folder / "plain-gateway.json")
-    log = open(folder / "plain-gateway.log", "ab")  # noqa: SIM115 (the process's log: closed at exit)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.gateway", "--config", str(folder / "plain-gateway.json")],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        process_group=0,
-    )
-    url = f"http://127.0.0.1:{config.ingress_port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/ready", timeout=1).status_code == 200:
-                return proc, f"{url}/seldon/default/wines-classifier/api/v1.0"
-        except requests.RequestException:
-            time.sleep(0.2)
-    raise TimeoutError(f"the plain gateway did not start; see {folder / 'plain-gateway.log'}")
+    return start_gateway(stack, manifest, folder, "plain-gateway")
 
 
 def figure(result: dict, live: dict, rewards: np.ndarray, ab_arms: np.ndarray, path: Path) -> None:

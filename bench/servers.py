@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psutil
 import requests
+import yaml
 
 from serving.local import HOST, free_port
 
@@ -224,3 +225,35 @@ def mlserver(python: Path, model_path: str, workdir: Path) -> Server:
         env={"PATH": f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}"},
         cwd=folder,
     )
+
+
+def start_gateway(stack, manifest: Path, folder: Path, name: str) -> tuple[subprocess.Popen, str]:
+    """A second gateway serving ``manifest`` in front of the stack's model servers."""
+    from serving.gateway import GatewayConfig
+
+    names = [p["name"] for p in yaml.safe_load(manifest.read_text())["spec"]["predictors"]]
+    config = GatewayConfig(
+        manifest=str(manifest),
+        upstreams={n: stack.urls["models"][n] for n in names},
+        predictor_ports={n: free_port() for n in names},
+        ingress_port=free_port(),
+        seed=1,
+    )
+    config.write(folder / f"{name}.json")
+    log = open(folder / f"{name}.log", "ab")  # noqa: SIM115 (the process's log: closed at exit)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serving.gateway", "--config", str(folder / f"{name}.json")],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        process_group=0,
+    )
+    url = f"http://127.0.0.1:{config.ingress_port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/ready", timeout=1).status_code == 200:
+                return proc, f"{url}/seldon/default/wines-classifier/api/v1.0"
+        except requests.RequestException:
+            time.sleep(0.2)
+    raise TimeoutError(f"gateway {name} did not start; see {folder / f'{name}.log'}")

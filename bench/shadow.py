@@ -46,6 +46,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `python bench/shadow.py` from anywhere
+from bench.servers import start_gateway  # noqa: E402
 
 SHADOW = REPO / "serving" / "model-shadow.yaml"
 RESULTS = REPO / "bench" / "results.json"
@@ -70,39 +71,6 @@ def variant(stack, folder: Path, name: str, shadow: bool, logging: bool) -> Path
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(manifest, sort_keys=False))
     return path
-
-
-def start_gateway(stack, manifest: Path, folder: Path, name: str) -> tuple[subprocess.Popen, str]:
-    """A second gateway serving ``manifest`` in front of the stack's model servers."""
-    from serving.gateway import GatewayConfig
-    from serving.local import free_port
-
-    names = [p["name"] for p in yaml.safe_load(manifest.read_text())["spec"]["predictors"]]
-    config = GatewayConfig(
-        manifest=str(manifest),
-        upstreams={n: stack.urls["models"][n] for n in names},
-        predictor_ports={n: free_port() for n in names},
-        ingress_port=free_port(),
-        seed=1,
-    )
-    config.write(folder / f"{name}.json")
-    log = open(folder / f"{name}.log", "ab")  # noqa: SIM115 (the process's log: closed at exit)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.gateway", "--config", str(folder / f"{name}.json")],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        process_group=0,
-    )
-    url = f"http://127.0.0.1:{config.ingress_port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/ready", timeout=1).status_code == 200:
-                return proc, f"{url}/seldon/default/wines-classifier/api/v1.0"
-        except requests.RequestException:
-            time.sleep(0.2)
-    raise TimeoutError(f"gateway {name} did not start; see {folder / f'{name}.log'}")
 
 
 def latency(ingresses: dict[str, str], n: int, pids: dict[str, list[int]]) -> dict:
