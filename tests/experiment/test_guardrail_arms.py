@@ -20,7 +20,7 @@ import requests
 import experiment
 import feedback
 from experiment import guardrails, sequential
-from experiment.run_monitor import GUARDRAIL_BREACH
+from experiment.run_monitor import CHECK_EVERY, GUARDRAIL_BREACH, MIN_LATENCIES
 from serving import deployment as sdep
 from serving import manifest as manifest_yaml
 from serving.endpoints import Endpoints
@@ -122,7 +122,8 @@ def run(stack, tmp_path, name):
 def test_a_slow_arm_breaches_the_latency_guardrail_and_the_run_rolls_back(guarded, tmp_path):
     result = run(guarded, tmp_path, "slow")
     assert result.decision == GUARDRAIL_BREACH, result.sentence
-    assert result.look is not None and result.look < 200  # the first checks, not the end of the hold-out
+    # the first checks once each arm has MIN_LATENCIES answers, not the end of the hold-out
+    assert result.look is not None and result.look < 2 * MIN_LATENCIES + 4 * CHECK_EVERY
     latency = next(r for r in result.guardrails["model-b"] if r.name.startswith("latency"))
     assert latency.status == guardrails.BREACH and latency.bound[0] > latency.margin
     # rolled back: the served working copy gives model-a everything, and the gateway serves it so

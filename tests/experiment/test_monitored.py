@@ -12,7 +12,7 @@ import pytest
 
 import feedback
 from experiment import cuped, guardrails, monitored, planning, sequential
-from experiment.run_monitor import GUARDRAIL_BREACH, RunMonitor
+from experiment.run_monitor import GUARDRAIL_BREACH, MIN_LATENCIES, RunMonitor
 
 DESIGN = sequential.Design(mde=0.05, n_max=2000, sd=0.2)
 FAST = guardrails.GuardrailConfig(resamples=300)  # fewer bootstrap resamples where many checks run
@@ -95,7 +95,10 @@ def test_a_slow_challenger_breaches_the_latency_guardrail_and_the_breach_rolls_b
     )
     fed = feed(monitor, log)
     assert monitor.decision == GUARDRAIL_BREACH
-    assert monitor.look == 50  # the first check: both arms had 20+ latencies
+    # the first check at which both arms had MIN_LATENCIES latencies
+    counts = log["arm"].eq("a").cumsum(), log["arm"].eq("b").cumsum()
+    ready = (counts[0] >= MIN_LATENCIES) & (counts[1] >= MIN_LATENCIES) & ((log.index + 1) % 50 == 0)
+    assert monitor.look == int(ready.idxmax()) + 1
     assert calls == ["a"] and monitor.rollback == "rolled"
     assert "latency p95" in monitor.reason and "breach" in monitor.reason
     assert (fed["decision"] == GUARDRAIL_BREACH).sum() == 1
