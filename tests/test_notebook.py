@@ -122,6 +122,7 @@ def test_what_a_cell_must_show():
     assert "shows no output" in found[2] and "ZeroDivisionError" in found[3]
 
 
+@pytest.mark.slow  # starts a kernel (~4 s): out of make test-fast
 def test_runner_fails_on_a_failing_shell_command(tmp_path):
     with pytest.raises(run_notebook.NotebookFailed, match="A stage.*CalledProcessError"):
         run_notebook.run(tmp_path / "out.ipynb", notebook=tiny_notebook("print('before')", "!false"))

@@ -122,6 +122,7 @@ def test_the_printed_feedback_commands_are_what_endpoints_prints(rendered_dir):
     ]
 
 
+@pytest.mark.slow  # runs feedback.py --help in a subprocess (~3 s): out of make test-fast
 def test_feedback_py_takes_the_arguments_we_give_it():
     help_text = subprocess.run(
         [sys.executable, str(REPO / "feedback.py"), "--help"],

@@ -154,6 +154,7 @@ def test_set_traffic_keeps_comments_and_refuses_a_bad_split(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["traffic does not add up", "unknown implementation"])
+@pytest.mark.slow  # a subprocess per case (~4 s): out of make test-fast
 def test_cli_refuses_an_invalid_manifest_and_starts_nothing(tmp_path, case):
     manifest = tmp_path / "bad.yaml"
     manifest.write_text(yaml.safe_dump(edited(INVALID[case][0])))
