@@ -22,7 +22,7 @@ import pandas as pd
 from sklearn.linear_model import ElasticNet
 from sklearn.model_selection import KFold, cross_val_predict
 
-from experiment.sequential import MIN_N, Design
+from experiment.msprt import MIN_N, Design
 from experiment.stats import required_n
 
 FOLDS = 5

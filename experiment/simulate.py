@@ -14,14 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from experiment.sequential import (
-    DECISION_CODES,
-    Design,
-    Running,
-    first_stop,
-    log_evidence,
-    running_difference,
-)
+from experiment.msprt import DECISION_CODES, Design, first_stop, log_evidence
+from experiment.running import Running, running_difference
 
 
 @dataclass(frozen=True)
