@@ -185,6 +185,8 @@ def main(argv=None) -> int:
     from serving.endpoints import Endpoints
     from serving.local import LocalStack
 
+    # a SIGTERM (a test's timeout) unwinds through `finally`: the gateways and the stack go down
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = datetime.now(UTC).isoformat(timespec="seconds")
     load_before = os.getloadavg()  # the machine is shared: how busy it was frames the latency figures
     if not os.environ.get("WINE_QUALITY_CSV") and SHARED_DATA.is_file():

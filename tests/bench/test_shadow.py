@@ -1,0 +1,102 @@
+"""`bench/shadow.py` end to end at tiny sizes: every part runs on the real local stack and its
+numbers are computed and consistent; the committed bench/results.json is left untouched.
+
+It serves the session's trained arms (``--tracking-uri``) on a stack of its own, on free ports;
+results go to a temporary file. No timing goal is asserted here (bench/ prints those).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+COMMITTED = REPO / "bench" / "results.json"
+ROWS, REQUESTS, SIMULATIONS = 60, 30, 50
+
+
+def run_shadow(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run the script; on a timeout, SIGTERM first so it stops the stack and gateways it started."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "bench.shadow", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as proc:
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)  # bench/shadow.py takes its stack down on SIGTERM
+            try:
+                out, _ = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, _ = proc.communicate()
+            pytest.fail(f"bench/shadow.py took more than {timeout:g} s:\n{out[-3000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
+
+
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def check_result(result: dict) -> None:
+    """What every run must hold, whatever its size: the numbers are computed and consistent."""
+    from bench.shadow import WARMUP
+
+    latency = result["latency"]
+    for name in ("with_shadow", "without_shadow", "without_shadow_or_logging"):
+        run = latency[name]
+        assert run["p50_ms"] > 0 and run["p99_ms"] >= run["p50_ms"], (name, run)
+    assert result["shadow_added_p50_ms"] == pytest.approx(
+        latency["with_shadow"]["p50_ms"] - latency["without_shadow"]["p50_ms"]
+    )
+    assert result["shadow_added_p99_ms"] == pytest.approx(
+        latency["with_shadow"]["p99_ms"] - latency["without_shadow"]["p99_ms"]
+    )
+    assert len(latency["shadow_added_p50_ms_by_fifth"]) == 5
+    assert all(finite(v) and v >= 0 for v in latency["cpu_us_per_round"].values())
+    # every prediction through the stack's ingress was mirrored (replay + latency rounds), none lost
+    replay, mirrors = result["replay"], result["mirrors"]
+    requests = latency["with_shadow"]["requests"]
+    assert mirrors["mirrored"] + mirrors["skipped"] == replay["rows"] + requests + WARMUP
+    # every replayed row answered, and the shadow's logged answer joined to it by request id
+    assert replay["errors"] == 0 and replay["paired_rows"] == replay["rows"]
+    assert replay["unpaired_main_only"] == 0
+    sizes = result["required_requests"]
+    assert 0 < sizes["paired"] < sizes["ab_total"] == pytest.approx(2 * sizes["ab_per_arm"])
+    assert result["ab_over_paired_requests"] == pytest.approx(sizes["ab_total"] / sizes["paired"])
+    power = result["measured_power_at_those_sizes"]
+    assert 0 <= power["paired"] <= 1 and 0 <= power["ab"] <= 1
+    goals = result["goals"]
+    assert goals["shadow_added_p50_ms"]["met"] == (result["shadow_added_p50_ms"] <= 0.2)
+    assert goals["ab_over_paired_requests"]["met"] == (result["ab_over_paired_requests"] >= 5.0)
+
+
+@pytest.mark.stack
+@pytest.mark.slow
+def test_the_shadow_benchmark_runs_on_the_local_stack(trained_arms, tracking_store, tmp_path):
+    committed_before = COMMITTED.read_bytes() if COMMITTED.exists() else None
+    out = tmp_path / "shadow.json"
+    args = ["--rows", str(ROWS), "--latency-requests", str(REQUESTS), "--simulations", str(SIMULATIONS)]
+    run = run_shadow([*args, "--tracking-uri", tracking_store, "--out", str(out)], timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:]
+    result = json.loads(out.read_text())
+    assert result["replay"]["rows"] == ROWS and result["latency"]["with_shadow"]["requests"] == REQUESTS
+    assert result["measured_power_at_those_sizes"]["simulations"] == SIMULATIONS
+    check_result(result)
+    assert "goals:" in run.stdout
+    assert (COMMITTED.read_bytes() if COMMITTED.exists() else None) == committed_before
+
+
+def test_the_committed_full_run_is_consistent():
+    result = json.loads(COMMITTED.read_text())["shadow"]
+    check_result(result)
+    assert "--quick" not in result["command"] and "--rows" not in result["command"]
