@@ -10,6 +10,7 @@
 (``<state dir>/manifest.yaml``), so promotion never edits the file you gave it.
 
 - ``stack.py``: ``LocalStack``, the handle a client uses (up, status, reload, down);
+- ``reuse.py``: what a stack loads, and whether a running one is what ``up`` would start now;
 - ``supervisor.py``: the process that starts and restarts the stack's processes;
 - ``processes.py``: finding and stopping those processes (psutil), and free ports;
 - ``__main__.py``: the command line above.

@@ -23,7 +23,7 @@ import requests
 
 from serving import deployment as sdep
 from serving import prometheus
-from serving.local import processes
+from serving.local import processes, reuse
 from serving.local.supervisor import REPO, Plan, choose_ports
 from serving.request_logger import local_sink_ports
 from serving.request_logger.sink import LOCAL_HOSTS
@@ -39,35 +39,6 @@ class StackError(RuntimeError):
 
 class StackNotRunning(StackError):
     """No local stack is running (in this state folder)."""
-
-
-def loaded_models(deployment: sdep.Deployment) -> dict[str, dict[str, str]]:
-    """What each predictor's model server will load: registry aliases resolved to versions now."""
-    from training.tracking import ModelNotFound, registered_version
-
-    models = {}
-    for p in deployment.servers:
-        if p.children:
-            continue  # a router: no model
-        if p.model_uri.startswith("models:/"):
-            try:
-                version = registered_version(p.model_uri)
-            except ModelNotFound as e:
-                raise sdep.DeploymentError(f"predictor {p.name!r}: {e}") from e
-            models[p.name] = {
-                "uri": p.model_uri,
-                "served": f"models:/{version.name}/{version.version}",
-                "version": f"{version.name} version {version.version}",
-            }
-        else:
-            folder = sdep.resolve_model_uri(p.model_uri)  # a model folder (buckets are refused)
-            mlmodel = hashlib.sha256((Path(folder) / "MLmodel").read_bytes()).hexdigest()[:12]
-            models[p.name] = {"uri": p.model_uri, "served": p.model_uri, "version": f"MLmodel {mlmodel}"}
-    return models
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class LocalStack:
@@ -168,11 +139,13 @@ class LocalStack:
         manifest = Path(manifest)
         deployment = sdep.load(manifest)  # raises DeploymentError before anything starts
         tracking_uri = use_local_store()
-        models = loaded_models(deployment)
+        models = reuse.loaded_models(deployment)
         prometheus.binary()  # a clear error now rather than a crash loop later
 
         if stack.running():
-            differences = stack.differences(manifest, tracking_uri, models, port)
+            differences = reuse.differences(
+                stack.plan, stack.manifest_path, manifest, tracking_uri, models, port
+            )
             if not differences:
                 stack.reused = True
                 print(
@@ -238,49 +211,6 @@ class LocalStack:
                 if not any(t in str(e).lower() for t in taken) or attempt == 3:
                     raise
 
-    def differences(
-        self, manifest: Path, tracking_uri: str, models: dict[str, dict[str, str]], port: int | None
-    ) -> list[str]:
-        """Why the running stack is not what `up(manifest, port)` would start now; [] if it is."""
-        plan = self.plan
-        if plan is None or not plan.models:
-            return ["it was started by an older version of serving.local (no record of what it loaded)"]
-        found = []
-        try:
-            served_now = _sha256(self.manifest_path)
-        except OSError:
-            served_now = None
-        given = _sha256(manifest)
-        if plan.served_sha256 and served_now == plan.served_sha256 and given == plan.manifest_sha256:
-            pass  # served as `up` wrote it (its request-logger URLs on free ports)
-        elif served_now != given and given == plan.manifest_sha256:
-            found.append(
-                f"its working copy {self.manifest_path} was edited after `up` (a traffic split changed, "
-                f"e.g. by promotion), so it no longer serves {manifest} as it is"
-            )
-        elif served_now != given:
-            found.append(
-                f"it serves {self.manifest_path}, copied from {plan.source}, "
-                f"whose content differs from {manifest}"
-            )
-        if plan.tracking_uri != tracking_uri:
-            found.append(f"it reads the tracking store {plan.tracking_uri}, not {tracking_uri}")
-        for name, model in models.items():
-            was = plan.models.get(name)
-            if was is None:
-                found.append(f"it has no predictor {name!r}")
-            elif was["version"] != model["version"]:
-                found.append(
-                    f"predictor {name!r} serves {was['version']}, "
-                    f"but {model['uri']} now names {model['version']}"
-                )
-        for name in sorted(set(plan.models) - set(models)):
-            found.append(f"it serves a predictor {name!r} that the manifest does not have")
-        if port is not None and port != plan.ingress_port and not (port == 0 and plan.requested_port == 0):
-            asked = "any free port (0)" if port == 0 else f"port {port}"
-            found.append(f"its ingress listens on port {plan.ingress_port}, and {asked} was asked for")
-        return found
-
     def _copy_manifest(self, manifest: Path) -> str:
         """Copy the given manifest to the working copy (atomically); return its sha256."""
         content = manifest.read_bytes()
@@ -312,7 +242,7 @@ class LocalStack:
         for predictor in document["spec"]["predictors"]:
             walk(predictor["graph"])
         yaml_manifest.write(document, self.manifest_path)
-        return _sha256(self.manifest_path)
+        return reuse.sha256(self.manifest_path)
 
     def _start(self, plan: Plan) -> None:
         """Write the plan and start the supervisor in a session of its own."""

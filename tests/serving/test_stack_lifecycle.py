@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from serving import deployment as sdep
 from serving.local import LocalStack, StackError, StackNotRunning, free_port, stack_pids
+from serving.local.reuse import differences
 from tests.conftest import MANIFEST
 from tests.traffic import PREDICTION, send_many
 from training.tracking import MODEL_NAME, tracking_uri
@@ -92,10 +93,10 @@ def test_up_with_another_manifest_or_store_refuses(lifecycle, tmp_path):
 
     stack = LocalStack(state)
     models = stack.plan.models
-    assert stack.differences(manifest, "sqlite:////elsewhere/mlflow.db", models, None) == [
-        f"it reads the tracking store {tracking_uri()}, not sqlite:////elsewhere/mlflow.db"
-    ]
-    assert stack.differences(manifest, tracking_uri(), models, None) == []
+    assert differences(
+        stack.plan, stack.manifest_path, manifest, "sqlite:////elsewhere/mlflow.db", models, None
+    ) == [f"it reads the tracking store {tracking_uri()}, not sqlite:////elsewhere/mlflow.db"]
+    assert differences(stack.plan, stack.manifest_path, manifest, tracking_uri(), models, None) == []
 
 
 def test_a_traffic_edit_changes_only_the_working_copy_and_up_then_refuses(lifecycle):
