@@ -72,6 +72,7 @@ train: setup
 run: setup
 	$(BIN)/python scripts/run_notebook.py  # on a failure it names the cell and how to stop the stack
 	$(BIN)/python scripts/mlflow_ui_screenshot.py
+	$(BIN)/python scripts/run_notebook.py --notebook bandits.ipynb  # the bandit against the A/B test
 
 lint: setup
 	$(BIN)/ruff check .

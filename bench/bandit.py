@@ -4,7 +4,7 @@
     .venv/bin/python -m bench.bandit --quick --out /tmp/bandit.json --figure /tmp/bandit.png  # CI's size
 
 It starts its own local stack from serving/model-bandit.yaml (free loopback ports, its own state
-folder; stopped by pid at the end) and:
+folder; stopped by pid at the end) and (1-4 are experiment/bandits.py, which bandits.ipynb runs too):
 
 1. asks each arm's model server for every hold-out row, so each row's reward is known for both
    arms (``feedback.reward``): the counterfactual that regret needs;
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import signal
@@ -51,109 +50,9 @@ AB = REPO / "serving" / "model-a-b.yaml"
 RESULTS = REPO / "bench" / "results-bandit.json"
 FIGURE = REPO / "images" / "bandit.png"
 SHARED_DATA = REPO.parent / "shared" / "data" / "wine-quality.csv"  # offline machines and CI
-ARMS = ("model-a", "model-b")
 GOALS = {"thompson_second_half_share": (">=", 0.8), "router_added_p50_ms": ("<=", 0.3)}
 FULL = {"rows": None, "repeats": 200, "latency_requests": 1000}
 QUICK = {"rows": 400, "repeats": 20, "latency_requests": 100}  # CI: about a minute on 2 busy cores
-
-
-def counterfactual(model_urls: dict[str, str], rows) -> np.ndarray:
-    """Each arm's prediction for every row (one batch request per arm): shape (rows, arms)."""
-    from training.data import FEATURES
-
-    body = {"data": {"names": FEATURES, "ndarray": rows[FEATURES].to_numpy().tolist()}}
-    columns = []
-    for arm in ARMS:
-        answer = requests.post(f"{model_urls[arm]}/predict", json=body, timeout=120)
-        answer.raise_for_status()
-        columns.append(np.asarray(answer.json()["data"]["ndarray"], dtype=float).reshape(-1))
-    return np.column_stack(columns)
-
-
-def rewards_of(truth: np.ndarray, predictions: np.ndarray) -> np.ndarray:
-    from feedback import reward
-
-    return np.array([[reward(t, p) for p in row] for t, row in zip(truth, predictions, strict=True)])
-
-
-def live_replay(ingress: str, rows, session: requests.Session) -> dict:
-    """Predict then send feedback for each row through the bandit's ingress; what it chose."""
-    from feedback import reward
-    from serving.client import feedback_message, prediction_request
-    from training.data import FEATURES, TARGET
-
-    arms, got, predicted, refused = [], [], [], 0
-    for features, truth in zip(rows[FEATURES].to_numpy(), rows[TARGET].to_numpy(), strict=True):
-        request = prediction_request(features[None, :], FEATURES)
-        answer = session.post(f"{ingress}/predictions", json=request, timeout=10)
-        answer.raise_for_status()
-        response = answer.json()
-        arm = ARMS.index(next(iter(response["meta"]["requestPath"])))
-        assert response["meta"]["routing"]["router"] == arm, response["meta"]
-        prediction = float(np.ravel(response["data"]["ndarray"])[0])
-        value = reward(truth, prediction)
-        sent = session.post(
-            f"{ingress}/feedback", json=feedback_message(request, response, value), timeout=10
-        )
-        refused += sent.status_code != 200
-        arms.append(arm)
-        got.append(value)
-        predicted.append(prediction)
-    return {
-        "arms": np.array(arms),
-        "rewards": np.array(got),
-        "predictions": np.array(predicted),
-        "refused": refused,
-    }
-
-
-def simulate(router, rewards: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A router over ``rewards[order]`` in process: (arm per row, reward per row)."""
-    arms = np.empty(len(order), dtype=int)
-    for i, row in enumerate(order):
-        arm = router.route(None, None)
-        router.send_feedback(None, None, float(rewards[row, arm]), None, routing=arm)
-        arms[i] = arm
-    return arms, rewards[order, arms]
-
-
-def estimates(arms: np.ndarray, got: np.ndarray) -> list[float]:
-    return [float(got[arms == a].mean()) if (arms == a).any() else float("nan") for a in range(len(ARMS))]
-
-
-def bias(rewards: np.ndarray, repeats: int, seed: int) -> dict:
-    """Mean error of each arm's mean-reward estimate over ``repeats`` shuffles, per policy."""
-    from serving.routers import EpsilonGreedy, ThompsonSampling
-
-    logging.getLogger("serving.routers.bandit").setLevel(logging.ERROR)  # "state in memory only": yes
-    truth = rewards.mean(axis=0)
-    rng = np.random.default_rng(seed)
-    policies = {
-        "A/B 50/50": None,
-        "Thompson": lambda s: ThompsonSampling(n_branches=2, seed=s, state_file=""),
-        "epsilon-greedy": lambda s: EpsilonGreedy(n_branches=2, seed=s, epsilon=0.1, state_file=""),
-    }
-    errors = {name: [] for name in policies}
-    shares = {name: [] for name in policies}
-    for r in range(repeats):
-        order = rng.permutation(len(rewards))
-        for name, make in policies.items():
-            if make is None:
-                arms = np.random.default_rng([seed, r]).integers(0, 2, len(order))
-                got = rewards[order, arms]
-            else:
-                arms, got = simulate(make(seed * 1_000_003 + r), rewards, order)
-            errors[name].append(np.array(estimates(arms, got)) - truth)
-            shares[name].append(float((arms[len(arms) // 2 :] == np.argmax(truth)).mean()))
-    out = {}
-    for name, errs in errors.items():
-        errs = np.array(errs)
-        out[name] = {
-            "bias": np.nanmean(errs, axis=0).tolist(),
-            "bias_se": (np.nanstd(errs, axis=0) / np.sqrt(np.sum(~np.isnan(errs), axis=0))).tolist(),
-            "second_half_share_mean": float(np.mean(shares[name])),
-        }
-    return out
 
 
 def latency(bandit_ingress: str, plain_ingress: str, n: int) -> dict:
@@ -183,81 +82,6 @@ def plain_gateway(stack, folder: Path) -> tuple[subprocess.Popen, str]:
     manifest = folder / "model-a-b.yaml"
     shutil.copy(AB, manifest)
     return start_gateway(stack, manifest, folder, "plain-gateway")
-
-
-def figure(result: dict, live: dict, rewards: np.ndarray, ab_arms: np.ndarray, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    better = result["better_arm_index"]
-    rows = np.arange(1, len(live["arms"]) + 1)
-    ab_got = rewards[np.arange(len(ab_arms)), ab_arms]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    ax = axes[0, 0]
-    # the running mean separates the lines that the raw sums (in the legend) draw on top of each other
-    for label, got, style in (
-        (f"always {ARMS[better]} (the better arm)", rewards[:, better], {"color": "grey", "ls": "--"}),
-        ("bandit (Thompson sampling, live)", live["rewards"], {}),
-        ("A/B test, 50/50", ab_got, {}),
-        (f"always {ARMS[1 - better]}", rewards[:, 1 - better], {"color": "grey", "ls": ":"}),
-    ):
-        # from the 50th request: the first few means swing over the whole axis
-        start = min(50, len(rows) - 1)
-        ax.plot(rows[start:], (np.cumsum(got) / rows)[start:], label=f"{label}: {got.sum():.0f}", **style)
-    ax.set(
-        title="Cumulative reward (legend), per request so far",
-        xlabel="requests (hold-out rows, same order)",
-        ylabel="cumulative reward / requests",
-    )
-    ax.legend(fontsize=8)
-    ax = axes[0, 1]
-    ax.plot(rows, np.cumsum(rewards[:, better] - live["rewards"]), label="bandit")
-    ax.plot(rows, np.cumsum(rewards[:, better] - ab_got), label="A/B test")
-    ax.set(title=f"Regret against always {ARMS[better]}", xlabel="requests", ylabel="cumulative regret")
-    ax.legend(fontsize=8)
-    ax = axes[1, 0]
-    window = 100
-    share = np.convolve(live["arms"] == better, np.ones(window) / window, mode="valid")
-    ax.plot(rows[window - 1 :], share, label="bandit")
-    ax.plot(
-        rows[window - 1 :],
-        np.convolve(ab_arms == better, np.ones(window) / window, mode="valid"),
-        label="A/B test",
-    )
-    ax.axhline(0.8, color="grey", ls=":", lw=1)
-    ax.axvline(len(rows) / 2, color="grey", ls=":", lw=1)
-    ax.set(
-        title=f"Share of traffic to {ARMS[better]} (last {window} requests)",
-        xlabel="requests",
-        ylabel="share",
-        ylim=(0, 1.02),
-    )
-    ax.legend(fontsize=8)
-    ax = axes[1, 1]
-    policies = list(result["bias"])
-    width = 0.8 / len(ARMS)
-    for j, arm in enumerate(ARMS):
-        values = [result["bias"][p]["bias"][j] for p in policies]
-        errs = [1.96 * result["bias"][p]["bias_se"][j] for p in policies]
-        ax.bar(np.arange(len(policies)) + (j - 0.5) * width, values, width, yerr=errs, capsize=3, label=arm)
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(np.arange(len(policies)), policies)
-    ax.set(
-        title=f"Bias of each arm's mean-reward estimate ({result['repeats']} shuffles)",
-        ylabel="estimate - true mean (95% CI)",
-    )
-    ax.legend(fontsize=8)
-    fig.suptitle(
-        f"Bandit vs A/B test on {len(rows)} hold-out rows: the bandit earns more, "
-        "the A/B test estimates both arms without bias",
-        fontsize=11,
-    )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def readme_block(result: dict) -> str:
@@ -335,10 +159,10 @@ def main(argv=None) -> int:
         if getattr(args, name) is None:
             setattr(args, name, value)
 
+    from experiment import bandits
     from feedback import holdout_rows
     from scripts.readme import machine
     from serving.local import LocalStack
-    from training.data import TARGET
 
     started = datetime.now(UTC).isoformat(timespec="seconds")
     if not os.environ.get("WINE_QUALITY_CSV") and SHARED_DATA.is_file():
@@ -355,56 +179,23 @@ def main(argv=None) -> int:
     plain = None
     try:
         rows = holdout_rows(limit=args.rows)
-        truth = rows[TARGET].to_numpy(dtype=float)
-        predictions = counterfactual(stack.urls["models"], rows)
-        rewards = rewards_of(truth, predictions)
-        means = rewards.mean(axis=0)
-        better = int(np.argmax(means))
-        with requests.Session() as session:
-            live = live_replay(stack.ingress_url, rows, session)
+        predictions, rewards = bandits.counterfactual_rewards(stack.urls["models"], rows)
+        live = bandits.live_replay(stack.ingress_url, rows)
         # the live replay's predictions are the arms' own (the gateway changed nothing)
         chosen = predictions[np.arange(len(rows)), live["arms"]]
         assert np.allclose(chosen, live["predictions"]), "a live prediction differs from its arm's"
-        ab_arms = np.random.default_rng(args.seed).integers(0, 2, len(rows))
-        ab_got = rewards[np.arange(len(rows)), ab_arms]
-        half = len(rows) // 2
-        state = json.loads((folder / "stack" / "routers" / "router.json").read_text())
+        ab_arms = bandits.ab_assignment(len(rows), args.seed)
+        state = bandits.router_state(folder / "stack")
         plain, plain_ingress = plain_gateway(stack, folder)
         timing = latency(stack.ingress_url, plain_ingress, args.latency_requests)
         result = {
             "started": started,
             "machine": machine(),
             "command": " ".join(["python -m bench.bandit", *(argv if argv is not None else sys.argv[1:])]),
-            "rows": len(rows),
             "repeats": args.repeats,
-            "arms": list(ARMS),
-            "true_mean_reward": means.tolist(),
-            "better_arm": ARMS[better],
-            "better_arm_index": better,
-            "cumulative_reward": {
-                "bandit": float(live["rewards"].sum()),
-                "ab": float(ab_got.sum()),
-                "always_better": float(rewards[:, better].sum()),
-                "always_worse": float(rewards[:, 1 - better].sum()),
-            },
-            "regret": {
-                "bandit": float((rewards[:, better] - live["rewards"]).sum()),
-                "ab": float((rewards[:, better] - ab_got).sum()),
-            },
-            "share_to_better": {
-                "bandit_first_half": float((live["arms"][:half] == better).mean()),
-                "bandit_second_half": float((live["arms"][half:] == better).mean()),
-                "ab_second_half": float((ab_arms[half:] == better).mean()),
-            },
-            "estimates_live": {
-                "bandit": estimates(live["arms"], live["rewards"]),
-                "ab": estimates(ab_arms, ab_got),
-                "requests_per_arm_bandit": np.bincount(live["arms"], minlength=2).tolist(),
-                "requests_per_arm_ab": np.bincount(ab_arms, minlength=2).tolist(),
-            },
+            **bandits.compare(rewards, live, ab_arms),
             "router_state": {"n": state["n"], "routed": state["routed"]},
-            "feedback_refused": live["refused"],
-            "bias": bias(rewards, args.repeats, args.seed),
+            "bias": bandits.bias(rewards, args.repeats, args.seed),
             "latency": timing,
         }
         # every reward reached the router exactly once
@@ -425,7 +216,8 @@ def main(argv=None) -> int:
         ]
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))
-        figure(result, live, rewards, ab_arms, args.figure)
+        args.figure.parent.mkdir(parents=True, exist_ok=True)
+        bandits.figure(result, live, rewards, ab_arms).savefig(args.figure, dpi=110)
     finally:
         if plain is not None:
             os.killpg(plain.pid, signal.SIGTERM)

@@ -2,9 +2,11 @@
 
     python scripts/run_notebook.py                    # `make run`: runs in place, saves outputs
     python scripts/run_notebook.py --output /tmp/x.ipynb -p PORT 0 -p STATE_DIR /tmp/stack
+    python scripts/run_notebook.py --notebook bandits.ipynb   # another notebook of the repo (`make run`)
 
-The notebook is built from its paired script (mlflow_seldon.py, jupytext percent format) when
-the script is newer, so a reviewer's edit to the script is what runs.
+The notebook is built from its paired script (mlflow_seldon.py, jupytext percent format; the
+same name with .py for --notebook) when the script is newer, so a reviewer's edit to the script
+is what runs.
 
 What a run must show, or it fails (a tutorial cell that shows nothing is a bug):
 - every code cell shows output (text, a table, a figure), except the cell tagged `parameters`
@@ -17,7 +19,8 @@ On a failure the runner says which cell, and how to stop a local stack the run l
 After the run the repo's absolute path is replaced by "." in outputs (the committed notebook
 carries no paths of the machine it ran on). The wall time of each stage (each "## " section) is
 printed, and written to runs/notebook-stages.json for the committed run (the default output, no
-parameters) or to --stages. The runner never edits README.md: `python -m scripts.readme`
+parameters; runs/<name>-stages.json for another --notebook's) or to --stages. The runner never
+edits README.md: `python -m scripts.readme`
 (`make readme`) copies the committed run's times there.
 """
 
@@ -56,14 +59,15 @@ class NotebookFailed(RuntimeError):
     pass
 
 
-def load_notebook() -> nbformat.NotebookNode:
+def load_notebook(path: Path = NOTEBOOK) -> nbformat.NotebookNode:
     """The notebook, refreshed from its paired script when the script is the newer of the two."""
-    if SCRIPT.exists() and (not NOTEBOOK.exists() or SCRIPT.stat().st_mtime > NOTEBOOK.stat().st_mtime):
-        notebook = jupytext.read(SCRIPT)
-        if NOTEBOOK.exists():  # keep the committed outputs' metadata (kernelspec, jupytext pairing)
-            notebook.metadata = nbformat.read(NOTEBOOK, as_version=4).metadata | notebook.metadata
+    script = SCRIPT if path == NOTEBOOK else path.with_suffix(".py")
+    if script.exists() and (not path.exists() or script.stat().st_mtime > path.stat().st_mtime):
+        notebook = jupytext.read(script)
+        if path.exists():  # keep the committed outputs' metadata (kernelspec, jupytext pairing)
+            notebook.metadata = nbformat.read(path, as_version=4).metadata | notebook.metadata
         return notebook
-    return nbformat.read(NOTEBOOK, as_version=4)
+    return nbformat.read(path, as_version=4)
 
 
 def inject_parameters(notebook: nbformat.NotebookNode, parameters: dict) -> None:
@@ -213,7 +217,12 @@ def stop_hint(parameters: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", type=Path, default=NOTEBOOK, help="where to save the executed notebook")
+    parser.add_argument(
+        "--notebook", type=Path, default=NOTEBOOK, help=f"the notebook to run (default: {NOTEBOOK.name})"
+    )
+    parser.add_argument(
+        "--output", type=Path, default=None, help="where to save the executed notebook (default: in place)"
+    )
     parser.add_argument(
         "-p",
         "--parameter",
@@ -230,15 +239,21 @@ def main(argv=None) -> int:
         help="where to write the stage times (default: runs/notebook-stages.json for the committed run only)",
     )
     args = parser.parse_args(argv)
+    # the .ipynb, whichever twin was named
+    source = (Path.cwd() / args.notebook).resolve().with_suffix(".ipynb")
+    args.output = args.output or source
     parameters = {}
     for name, value in args.parameter:
         try:
             parameters[name] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             parameters[name] = value
-    print(f"running {NOTEBOOK.name} top to bottom (a fresh kernel)...", flush=True)
+    print(f"running {source.name} top to bottom (a fresh kernel)...", flush=True)
     try:
-        stages = run(args.output, parameters, args.timeout)
+        # the main notebook through load_notebook() as before; another one from its own path
+        stages = run(
+            args.output, parameters, args.timeout, None if source == NOTEBOOK else load_notebook(source)
+        )
     except NotebookFailed as e:
         print(
             f"error: the notebook failed:\n{e}\nsaved with its outputs to {args.output}\n"
@@ -249,8 +264,9 @@ def main(argv=None) -> int:
     width = max(map(len, stages))
     for name, seconds in stages.items():
         print(f"  {name:<{width}}  {seconds:6.1f} s")
-    committed_run = args.output.resolve() == NOTEBOOK and not parameters
-    stages_path = args.stages or (STAGES if committed_run else None)
+    committed_run = args.output.resolve() == source and not parameters
+    own_stages = STAGES if source == NOTEBOOK else STAGES.with_name(f"{source.stem}-stages.json")
+    stages_path = args.stages or (own_stages if committed_run else None)
     if stages_path:  # read by `make readme` (scripts/readme.py) and `make bench`
         stages_path.parent.mkdir(parents=True, exist_ok=True)
         record = {
