@@ -7,8 +7,8 @@ It starts its own local stack from serving/model-shadow.yaml (free loopback port
 folder; stopped by pid at the end) and:
 
 1. **Latency.** Sequential 1-row predictions, interleaved request by request, through three
-   gateways in front of the same model servers: the stack's (model-a serving, model-b as a logged
-   shadow), one serving the same manifest without the shadow (model-a logged), and one without the
+   gateways in front of the same model servers: the stack's (model-b serving, model-a as a logged
+   shadow), one serving the same manifest without the shadow (model-b logged), and one without the
    shadow or logging. p50 and p99 of each, and what the shadow adds (goal: <= 0.2 ms at p50).
    The mirror is sent after the caller's answer, so its cost shows as CPU the next request shares.
 2. **Requests for 80% power.** The hold-out rows are replayed through the stack's ingress as
@@ -51,7 +51,7 @@ from bench.servers import start_gateway  # noqa: E402
 SHADOW = REPO / "serving" / "model-shadow.yaml"
 RESULTS = REPO / "bench" / "results.json"
 SHARED_DATA = REPO.parent / "shared" / "data" / "wine-quality.csv"  # offline machines and CI
-MAIN, CHALLENGER = "model-a", "model-b"
+MAIN, CHALLENGER = "model-b", "model-a"  # serving/model-shadow.yaml: the champion, its shadow
 GOALS = {"shadow_added_p50_ms": ("<=", 0.2), "ab_over_paired_requests": (">=", 5.0)}
 FULL = {"rows": None, "latency_requests": 2000, "simulations": 2000}
 QUICK = {"rows": 400, "latency_requests": 300, "simulations": 500}

@@ -146,10 +146,11 @@ class MonitoredExperiment:
         return fig
 
 
-def _prometheus_srm(url: str, since: float, arms: dict) -> srm.SRM:
+def _prometheus_srm(url: str, since: float, arms: dict, until: float | None = None) -> srm.SRM:
     from experiment.prometheus_data import counter_increase, wait_for_scrape
 
-    wait_for_scrape(url, time.time())
+    # a scrape after the replay's last answer holds all its counts (a later one adds nothing)
+    wait_for_scrape(url, time.time() if until is None else until)
     service, _ = LATENCY_SOURCES[GATEWAY_REQUESTS]
     counts = counter_increase(url, f"{GATEWAY_REQUESTS}_count", since=since, service=service)
     return srm.check_srm({a: int(counts.get(a, 0)) for a in arms}, arms, source="Prometheus")
@@ -196,7 +197,7 @@ def decide(
     }
     checks = [srm.srm(rows, split)]
     if prometheus_url:
-        checks.append(_prometheus_srm(prometheus_url, since, split))
+        checks.append(_prometheus_srm(prometheus_url, since, split, replayed.finished or None))
     answered = log[log["look"] <= monitor.look] if monitor.look is not None else log
     if prometheus_url:  # the gateway's counts by status code: a failed request names no arm in the log
         errors = _prometheus_errors(prometheus_url, since, split)

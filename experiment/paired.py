@@ -351,8 +351,14 @@ def evaluate(
     effect: float | None = None,
     design=None,
 ) -> PairedEvaluation:
-    """Pair the logged responses, add rewards, test, and size both designs (what the notebook shows)."""
-    pairs = with_truth(pair_events(events, main, shadow), truth)
+    """Pair the logged responses, add rewards, test, and size both designs."""
+    return evaluation(with_truth(pair_events(events, main, shadow), truth), alpha, power, effect, design)
+
+
+def evaluation(
+    pairs: Pairs, alpha: float = 0.05, power: float = 0.8, effect: float | None = None, design=None
+) -> PairedEvaluation:
+    """Test paired requests that have rewards (``with_truth``/``from_replay``) and size both designs."""
     return PairedEvaluation(
         pairs=pairs,
         test=paired_test(pairs, alpha),

@@ -23,8 +23,8 @@ def test_rendering_the_shadow_manifest_keeps_the_shadow_and_the_logger_specs(crd
 
     assert sdep.validate_schema(rendered, crd) == []
     parsed = sdep.parse(rendered, crd=crd, local=False)
-    assert {p.name: p.shadow for p in parsed.predictors} == {"model-a": False, "model-b": True}
-    assert parsed.traffic == {"model-a": 100, "model-b": 0}
+    assert {p.name: p.shadow for p in parsed.predictors} == {"model-b": False, "model-a": True}
+    assert parsed.traffic == {"model-b": 100, "model-a": 0}
     for before, after in zip(source["spec"]["predictors"], rendered["spec"]["predictors"], strict=True):
         assert (
             after["graph"]["logger"]

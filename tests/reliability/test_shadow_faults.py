@@ -1,10 +1,10 @@
 """Faults of a shadow deployment under a paced replay: none of them may reach the caller.
 
-A private stack serves serving/model-shadow.yaml (model-a answers callers, model-b is the shadow,
+A private stack serves serving/model-shadow.yaml (model-b answers callers, model-a is the shadow,
 both logged to the stack's request-logger sink). Each test replays the same hold-out rows at the
 same pace as a fault-free baseline and compares:
 
-- ``kill -9`` of the shadow's model server mid-replay: every row answered by model-a, 0 errors,
+- ``kill -9`` of the shadow's model server mid-replay: every row answered by model-b, 0 errors,
   p99 within noise of the baseline; the mirrors that hit the dead shadow show in its own executor
   metrics, and the supervisor restarts it;
 - the request-logger sink killed (``kill -9``) or hung (``SIGSTOP`` for a few seconds) mid-replay:
@@ -32,8 +32,8 @@ pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 ROWS, RATE = 400, 50  # 8 s of replay at 50 rows/s (100 caller requests/s); the fault 2 s in
 FAULT_AFTER = 2.0
-# events per row: model-a's request, response and feedback (feedback.py sends it to model-a's own
-# port, which logs it), model-b's request and response (the mirror); predictions only are mirrored
+# events per row: model-b's request, response and feedback (feedback.py sends it to model-b's own
+# port, which logs it), model-a's request and response (the mirror); predictions only are mirrored
 EVENTS_PER_ROW = 5
 
 
@@ -109,7 +109,7 @@ def p99(log) -> float:
 def check_caller_untouched(log, baseline, what: str) -> None:
     errors = log[log["error"].fillna("") != ""]
     assert errors.empty, errors.head(10).to_string()
-    assert len(log) == ROWS and (log["predict_status"] == 200).all() and set(log["arm"]) == {"model-a"}
+    assert len(log) == ROWS and (log["predict_status"] == 200).all() and set(log["arm"]) == {"model-b"}
     assert (log["attempts"] == 2).all(), "a caller request was retried"
     base, now = p99(baseline), p99(log)
     print(
@@ -131,7 +131,7 @@ def baseline(shadow_stack, tmp_path_factory):
 
 def test_kill_9_of_the_shadows_model_server_changes_nothing_for_the_caller(shadow_stack, baseline, tmp_path):
     stack = shadow_stack
-    victim = stack.status()["processes"]["model-b"]
+    victim = stack.status()["processes"]["model-a"]
     before = gateway_status(stack)["shadow"]
 
     def kill():
@@ -139,22 +139,22 @@ def test_kill_9_of_the_shadows_model_server_changes_nothing_for_the_caller(shado
         return time.time()
 
     log, killed_at = replay(stack, tmp_path, "shadow-kill", kill)
-    check_caller_untouched(log, baseline, "model-b killed mid-replay")
-    recovered_at = wait_restarted(stack, "model-b", victim["restarts"])
+    check_caller_untouched(log, baseline, "model-a killed mid-replay")
+    recovered_at = wait_restarted(stack, "model-a", victim["restarts"])
     after = gateway_status(stack)["shadow"]
     assert after["mirrored"] - before["mirrored"] + after["skipped"] - before["skipped"] == ROWS
-    # the kill hit the replay: mirrors failed while model-b was down, in its own executor metrics
+    # the kill hit the replay: mirrors failed while model-a was down, in its own executor metrics
     metrics = requests.get(f"http://{stack.gateway_endpoint}/metrics", timeout=5).text
     failed = sum(
         float(line.rsplit(" ", 1)[1])
         for line in metrics.splitlines()
         if line.startswith("seldon_api_executor_server_requests_seconds_count{")
-        and 'predictor_name="model-b"' in line
+        and 'predictor_name="model-a"' in line
         and 'code="200"' not in line
     )
     assert failed > 0, "no mirror failed: the kill missed the replay"
     print(
-        f"model-b back {recovered_at - killed_at:.1f} s after the kill; {failed:.0f} mirrors failed meanwhile"
+        f"model-a back {recovered_at - killed_at:.1f} s after the kill; {failed:.0f} mirrors failed meanwhile"
     )
 
 

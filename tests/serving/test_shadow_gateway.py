@@ -76,10 +76,10 @@ def run_gateway(tmp_path, n: int, *, shadow="ok", sink=True, puid=True, shadow_t
     config_path = manifest_file(tmp_path, sink_port, shadow_traffic)
 
     async def run():
-        main = Model("model-a")
-        shadow_model = Model("model-b", delay=2.0 if shadow == "slow" else 0.0)
-        upstreams = {"model-a": await main.start()}
-        upstreams["model-b"] = (
+        main = Model("model-b")
+        shadow_model = Model("model-a", delay=2.0 if shadow == "slow" else 0.0)
+        upstreams = {"model-b": await main.start()}
+        upstreams["model-a"] = (
             await shadow_model.start() if shadow != "dead" else f"http://127.0.0.1:{free_port()}"
         )
         receiver = Sink(tmp_path / "events", sink_port) if sink else None
@@ -88,7 +88,7 @@ def run_gateway(tmp_path, n: int, *, shadow="ok", sink=True, puid=True, shadow_t
         config = GatewayConfig(
             manifest=str(config_path),
             upstreams=upstreams,
-            predictor_ports={"model-a": free_port(), "model-b": free_port()},
+            predictor_ports={"model-b": free_port(), "model-a": free_port()},
             ingress_port=free_port(),
             shadow_max_in_flight=max_in_flight,
         )
@@ -155,25 +155,25 @@ def test_callers_get_the_main_answer_and_the_shadow_every_request_with_the_calle
     before = run_gateway(tmp_path / "warm", 1)["metrics"]  # the histograms are this process's, shared
     seen = run_gateway(tmp_path, 30)
     assert {(status, next(iter(body["meta"]["requestPath"]))) for _, status, body, _ in seen["answers"]} == {
-        (200, "model-a")
+        (200, "model-b")
     }
     sent = [puid for puid, *_ in seen["answers"]]
     assert seen["main"] == sent
     assert sorted(seen["shadow"]) == sorted(sent)  # every prediction, the caller's request id
-    assert seen["status"]["shadow"]["predictor"] == "model-b"
+    assert seen["status"]["shadow"]["predictor"] == "model-a"
     assert seen["status"]["shadow"]["mirrored"] == 30 and seen["status"]["shadow"]["skipped"] == 0
     # the shadow's own executor metrics: predictor_name is the only difference
-    grew = server_count(seen["metrics"], "model-b", "200") - server_count(before, "model-b", "200")
+    grew = server_count(seen["metrics"], "model-a", "200") - server_count(before, "model-a", "200")
     assert grew == 30
     # every node's request and response reached the sink, and they pair up by request id
     events = read_events(tmp_path / "events")
     by = {}
     for e in events:
         by.setdefault((e["endpoint"], e["kind"]), set()).add(e["requestid"])
-    for endpoint in ("model-a", "model-b"):
+    for endpoint in ("model-b", "model-a"):
         for kind in ("request", "response"):
             assert by[(endpoint, kind)] == set(sent), (endpoint, kind)
-    assert seen["logged"] == {"model-a": (60, {}), "model-b": (60, {})}
+    assert seen["logged"] == {"model-b": (60, {}), "model-a": (60, {})}
 
 
 def test_without_a_seldon_puid_the_shadow_has_a_request_id_of_its_own(tmp_path):
@@ -193,20 +193,20 @@ def test_a_slow_shadow_costs_the_caller_nothing_and_mirrors_beyond_the_bound_are
     seen = run_gateway(tmp_path, 20, shadow="slow", max_in_flight=5)
     assert {status for _, status, _, _ in seen["answers"]} == {200}
     assert max(seconds for *_, seconds in seen["answers"]) < 1.0  # the shadow takes 2 s each
-    assert seen["status"]["shadow"] == {"predictor": "model-b", "mirrored": 5, "skipped": 15, "in_flight": 5}
+    assert seen["status"]["shadow"] == {"predictor": "model-a", "mirrored": 5, "skipped": 15, "in_flight": 5}
     assert len(seen["shadow"]) == 5
 
 
 def test_a_dead_shadow_changes_nothing_for_the_caller(tmp_path):
     seen = run_gateway(tmp_path, 20, shadow="dead")
     assert [status for _, status, _, _ in seen["answers"]] == [200] * 20
-    assert server_count(seen["metrics"], "model-b", "503") >= 20  # the shadow's executor reports it
-    assert seen["logged"]["model-b"] == (20, {})  # the request was logged, no response (as on a cluster)
+    assert server_count(seen["metrics"], "model-a", "503") >= 20  # the shadow's executor reports it
+    assert seen["logged"]["model-a"] == (20, {})  # the request was logged, no response (as on a cluster)
 
 
 def test_a_dead_logger_sink_leaves_callers_untouched_and_the_loss_is_counted(tmp_path):
     seen = run_gateway(tmp_path, 20, sink=False)
     assert [status for _, status, _, _ in seen["answers"]] == [200] * 20
-    for name in ("model-a", "model-b"):
+    for name in ("model-b", "model-a"):
         sent, dropped = seen["logged"][name]
         assert sent == 0 and sum(dropped.values()) == 40, (name, dropped)

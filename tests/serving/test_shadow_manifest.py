@@ -58,13 +58,13 @@ def predictor(i):
 def test_the_shadow_manifest_loads_with_the_projects_checks():
     deployment = sdep.load(SHADOW)
     assert deployment.name == "wines-classifier"
-    assert deployment.traffic == {"model-a": 100, "model-b": 0}
+    assert deployment.traffic == {"model-b": 100, "model-a": 0}
     assert [p.model_uri for p in deployment.predictors] == [
-        "models:/wines-classifier@a",
         "models:/wines-classifier@b",
+        "models:/wines-classifier@a",
     ]
     items = {p["name"]: p for p in MANIFEST["spec"]["predictors"]}
-    assert items["model-b"]["shadow"] is True and not items["model-a"].get("shadow")
+    assert items["model-a"]["shadow"] is True and not items["model-b"].get("shadow")
     assert webhook_errors(MANIFEST) == []
 
 
@@ -101,20 +101,20 @@ def test_the_reference_rules_are_the_webhooks():
 
 def test_the_predictor_knows_it_is_a_shadow():
     deployment = sdep.load(SHADOW)
-    assert deployment.predictor("model-b").shadow is True
-    assert deployment.predictor("model-a").shadow is False
+    assert deployment.predictor("model-a").shadow is True
+    assert deployment.predictor("model-b").shadow is False
 
 
 def test_a_shadow_mirroring_100_percent_is_accepted():
     manifest = edited(lambda m: predictor(1)(m).update(traffic=100))
     assert webhook_errors(manifest) == []
-    assert sdep.parse(manifest).traffic["model-b"] == 100
+    assert sdep.parse(manifest).traffic["model-a"] == 100
 
 
 def test_a_lone_main_without_traffic_beside_a_shadow_is_accepted():
     manifest = edited(lambda m: predictor(0)(m).pop("traffic"))
     assert webhook_errors(manifest) == []
-    assert sdep.parse(manifest).traffic["model-a"] == 100  # as for a lone predictor: every caller
+    assert sdep.parse(manifest).traffic["model-b"] == 100  # as for a lone predictor: every caller
 
 
 def test_two_shadows_are_refused():
@@ -185,7 +185,7 @@ def predict(stack, n: int) -> list[tuple[str, dict]]:
 def test_callers_are_answered_by_the_champion_only(shadow_stack):
     stack, _ = shadow_stack
     answers = predict(stack, 20)
-    assert {next(iter(body["meta"]["requestPath"])) for _, body in answers} == {"model-a"}
+    assert {next(iter(body["meta"]["requestPath"])) for _, body in answers} == {"model-b"}
 
 
 @pytest.mark.stack
@@ -206,28 +206,28 @@ def test_the_shadow_answers_every_request_and_the_logged_events_pair_up(shadow_s
         events = read_events(folder) if folder.is_dir() else []
         if len(
             {(e["endpoint"], e["requestid"]) for e in events if e["kind"] == "response"}
-            & {(endpoint, puid) for endpoint in ("model-a", "model-b") for puid in sent}
+            & {(endpoint, puid) for endpoint in ("model-b", "model-a") for puid in sent}
         ) == 2 * len(sent):
             break
         time.sleep(0.2)
-    pairs = paired.pair_events(folder, main="model-a", shadow="model-b")
+    pairs = paired.pair_events(folder, main="model-b", shadow="model-a")
     assert sent <= set(pairs.frame.index)
     # the shadow's answers are the challenger's own (its graph node in meta.requestPath)
     shadow_paths = {
         next(iter(e["body"]["meta"]["requestPath"]))
         for e in read_events(folder)
-        if e["endpoint"] == "model-b" and e["kind"] == "response" and e["requestid"] in sent
+        if e["endpoint"] == "model-a" and e["kind"] == "response" and e["requestid"] in sent
     }
-    assert shadow_paths == {"model-b"}
+    assert shadow_paths == {"model-a"}
     status = requests.get(f"http://{stack.gateway_endpoint}/admin/status", timeout=5).json()
-    assert status["shadow"]["predictor"] == "model-b" and status["shadow"]["skipped"] == 0
+    assert status["shadow"]["predictor"] == "model-a" and status["shadow"]["skipped"] == 0
     assert status["shadow"]["mirrored"] >= len(answers)
     assert all(not log["dropped"] for log in status["request_logger"].values()), status
     # the shadow has its own executor metrics, labelled as on a cluster (predictor_name only differs)
     metrics = requests.get(f"http://{stack.gateway_endpoint}/metrics", timeout=5).text
     assert (
         "seldon_api_executor_server_requests_seconds_count{" in metrics
-        and 'predictor_name="model-b"' in metrics
+        and 'predictor_name="model-a"' in metrics
     )
 
 
@@ -265,19 +265,19 @@ def test_the_replay_sends_a_puid_per_row_and_its_log_pairs_with_the_shadows_answ
     )
     log = result.log
     assert log["error"].fillna("").eq("").all(), log["error"].unique()
-    assert set(log["arm"]) == {"model-a"} and log["puid"].nunique() == rows
+    assert set(log["arm"]) == {"model-b"} and log["puid"].nunique() == rows
     folder = state_dir / "request-logs"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         answered = {
             e["requestid"]
             for e in read_events(folder)
-            if e["endpoint"] == "model-b" and e["kind"] == "response"
+            if e["endpoint"] == "model-a" and e["kind"] == "response"
         }
         if set(log["puid"]) <= answered:
             break
         time.sleep(0.2)
-    pairs = paired.from_replay(log_path, folder, shadow="model-b")
+    pairs = paired.from_replay(log_path, folder, shadow="model-a")
     assert len(pairs) == rows and pairs.main_only == 0
     assert pairs.frame["reward_main"].tolist() == pytest.approx(
         log.set_index("puid").loc[pairs.frame.index, "reward"].tolist()
