@@ -27,6 +27,11 @@ feedback body that is valid JSON but not an object (``false``, ``3``) or whose r
 holds (``1e400`` written as an integer): seldon-core hands it to protobuf's ``ParseDict``, whose
 TypeError or OverflowError became a 500 (both found by tests/reliability/test_fuzz.py).
 
+A feedback the model has counted already is not counted again: seldon-core counts the reward
+(``update_reward``) before the model sees the feedback, so ``send_feedback`` first asks a model that
+remembers the request ids it counted (``first_feedback``, serving/mlflow_server.py); a repeat is
+answered as the first was (``send_feedback_raw``), tagged ``already_counted``, and not counted.
+
 And three about seldon-core's metrics (``SeldonMetrics``), which keeps every counter in a
 ``multiprocessing.Manager`` process and pays several round trips to it per update (a py-spy
 profile put them at a third of a 1-row prediction's time; bench/README.md):
@@ -177,6 +182,18 @@ def _update_reward_once(self, reward):
     )
 
 
+_send_feedback = seldon_methods.send_feedback
+
+
+def _send_feedback_once(user_model, request, predictive_unit_id, seldon_metrics):
+    first = getattr(user_model, "first_feedback", None)
+    if first is not None and not first(request):
+        answer = user_model.send_feedback_raw(request)
+        answer.meta.tags["already_counted"].bool_value = True
+        return answer
+    return _send_feedback(user_model, request, predictive_unit_id, seldon_metrics)
+
+
 _worker_exit = microservice.worker_exit  # seldon-core's: clears the dying worker's metrics
 
 
@@ -195,6 +212,7 @@ def main() -> None:
     wrapper.get_rest_microservice = _rest_microservice_with_json_limits
     wrapper.json_to_feedback = _json_to_feedback_of_an_object
     seldon_methods.handle_raw_custom_metrics = _handle_raw_custom_metrics_if_any
+    seldon_methods.send_feedback = _send_feedback_once
     metrics.SeldonMetrics.__init__ = _metrics_with_a_process_lock
     metrics.SeldonMetrics.update = _update_whole
     metrics.SeldonMetrics.update_reward = _update_reward_once

@@ -17,16 +17,28 @@ scikit-learn would validate the DataFrame again (names, dtypes) - together about
 model server's own time per 1-row request. For a plain scikit-learn model whose signature is all
 ``double`` we therefore call the estimator itself on the float64 array we built, in signature
 order (``_direct_predictor``); any other model goes through ``pyfunc.predict`` as before.
+
+Feedback is counted once per request id: a feedback whose id (the ``Seldon-Puid`` header, which
+the executor sets on every call; else the messages' ``meta.puid``) was counted already is answered
+as the first was and not counted again (``first_feedback``; serving/microservice.py asks it before
+seldon-core counts). So a client may resend a feedback whose answer it never got - the replay does,
+to an arm's own endpoint, when a gateway kill cuts the answer off. The memory is this process's
+(one gunicorn worker, as serving/model-a-b.yaml runs it): with several workers or replicas, a resend
+that reaches another one is counted by it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+import flask
 import numpy as np
 import pandas as pd
 from seldon_core.flask_utils import SeldonMicroserviceException
@@ -39,6 +51,38 @@ logger = logging.getLogger(__name__)
 # URIs that MLflow resolves itself; anything else goes through seldon-core's Storage (gs://, s3://,
 # local folders), as the prepackaged server does after its rclone init container.
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+PUID_HEADER = "Seldon-Puid"  # the request id the executor sends with every call
+# How many request ids of counted feedback one model server remembers (about 170 bytes each:
+# 65,536 take ~11 MB). A resend comes within the replay's deadline of the first (serving/replay.py:
+# 30 s); this model server answered at most ~1,800 requests/s here (bench/results.json, 8 in
+# flight), so the ids of the last 36 s of feedback at that pace are still known.
+FEEDBACK_IDS_REMEMBERED = 65_536
+
+
+class RecentIds:
+    """The last ``size`` ids seen, the oldest forgotten first (an LRU: seeing an id again makes it
+    recent). Thread-safe: gunicorn's threads share one model."""
+
+    def __init__(self, size: int):
+        if size < 1:
+            raise ValueError(f"size must be at least 1, got {size}")
+        self.size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def first(self, id_: str) -> bool:
+        """True the first time ``id_`` is seen while remembered; remembers it."""
+        with self._lock:
+            if id_ in self._ids:
+                self._ids.move_to_end(id_)
+                return False
+            self._ids[id_] = None
+            if len(self._ids) > self.size:
+                self._ids.popitem(last=False)
+            return True
+
+    def __len__(self) -> int:
+        return len(self._ids)
 
 
 class BadRequest(SeldonMicroserviceException):
@@ -53,6 +97,12 @@ class MLFlowServer(SeldonComponent):
         super().__init__()
         self.model_uri = model_uri
         self.ready = False
+        self.counted_feedback = RecentIds(FEEDBACK_IDS_REMEMBERED)
+        if int(os.environ.get("GUNICORN_WORKERS", "1")) > 1:
+            logger.warning(
+                "GUNICORN_WORKERS > 1: each worker remembers the feedback it counted, so a resent "
+                "feedback that reaches another worker is counted again"
+            )
 
     def load(self) -> None:
         from mlflow import pyfunc  # imported here: only the serving worker needs MLflow
@@ -182,6 +232,17 @@ class MLFlowServer(SeldonComponent):
                 "model not loaded yet", status_code=503, reason="MICROSERVICE_NOT_READY"
             )
         return {"model_uri": self.model_uri, "features": len(self.feature_names)}
+
+    def first_feedback(self, feedback) -> bool:
+        """False when a feedback with this request id was counted already (it is answered, not
+        counted again). A reward of 0, which seldon-core does not count, is not remembered: the
+        corrected feedback still counts. Without any request id, every feedback counts."""
+        if not feedback.reward:
+            return True
+        puid = (flask.request.headers.get(PUID_HEADER) if flask.has_request_context() else None) or (
+            feedback.response.meta.puid or feedback.request.meta.puid
+        )
+        return not puid or self.counted_feedback.first(puid)
 
     def send_feedback_raw(self, feedback):
         # seldon-core has already counted the reward in seldon_api_model_feedback_* - except a

@@ -5,15 +5,11 @@ per-request log (``LOG_COLUMNS``) that experiment/log.py reads; ``ReplayResult``
 A ``monitor`` (experiment/run_monitor.py) watches the rows as they complete and stops the replay
 when the experiment decides. feedback.py is the command line, and defines the reward.
 
-The messages are SeldonClient's: the JSON that ``SeldonClient.predict(data=row, names=FEATURES,
-payload_type="ndarray")`` and ``SeldonClient.feedback(prediction_request, prediction_response,
-reward)`` post, to the same paths (``gateway="istio"`` for the ingress, ``gateway="seldon"`` for
-an arm's endpoint; tests/reliability checks the bodies are identical). Only the transport
-differs: SeldonClient opens a new connection with a new ``requests`` session for every call,
-and its protobuf round trips are pure Python here - about 3 ms of client CPU per row, which made
-the client, not the servers, the bottleneck (bench/README.md). The replay keeps one connection
-per endpoint alive per row in flight, on one asyncio event loop (``serving.client``: the messages
-and the keep-alive connections), ``concurrency`` rows in flight.
+The messages are SeldonClient's (``serving.client``; tests/reliability checks the bodies are
+identical), posted to its paths (``gateway="istio"``: the ingress; ``gateway="seldon"``: an arm's
+endpoint). Only the transport differs: SeldonClient opens a connection per call and its protobuf
+round trips cost ~3 ms of client CPU per row, which made the client the bottleneck (bench/README.md);
+here one asyncio loop keeps a connection alive per endpoint per row in flight (``concurrency`` rows).
 """
 
 from __future__ import annotations
@@ -67,6 +63,8 @@ LOG_COLUMNS = [
     # Each executor makes its own puid unless the caller sends one, so without it a shadow's events
     # could not be joined with the main arm's (experiment/paired.py: from_replay)
     "puid",
+    # times the feedback was sent again after it got no answer (each copy counted once by its puid)
+    "feedback_resent",
 ]
 # a monitored replay (``replay(..., monitor=...)``) adds: the look (the row's place in the order rows
 # completed, which is the order the monitor saw them) and the monitor's decision at that look
@@ -82,11 +80,10 @@ class ReplayResult:
     failures: pd.DataFrame = field(default_factory=pd.DataFrame)
     started: float = 0.0  # wall-clock (Unix) times of the replay, e.g. for Prometheus range queries
     finished: float = 0.0
-    decision: str | None = (
-        None  # a monitored replay: the monitor's decision (``continue``: it ran out of rows)
-    )
-    reason: str = ""  # ... and why
-    look: int | None = None  # ... and the look at which it stopped
+    # a monitored replay: the monitor's decision (``continue``: it ran out of rows), why, and its look
+    decision: str | None = None
+    reason: str = ""
+    look: int | None = None
 
     @property
     def sent(self) -> int:
@@ -121,10 +118,16 @@ class Replayer:
       than ``deadline`` seconds (the local supervisor restarts a killed gateway in about 2 s);
     - a prediction that got a 5xx or no answer: predicting again changes no reward (at most
       ``retries`` times);
-    - a feedback answered 503 by the gateway, which could not reach the arm (at most ``retries``).
+    - a feedback answered 503 by the gateway, which could not reach the arm (at most ``retries``);
+    - a feedback sent to the arm's own endpoint that got no answer (a reset, a timeout, a 504 from
+      the gateway): it may have been counted, but it carries its prediction's request id
+      (``Seldon-Puid``) and the model server counts an id once (serving/mlflow_server.py), so it is
+      sent again (at most ``retries`` times, while less than ``deadline`` seconds have passed since
+      the first; ``feedback_resent`` in the log).
 
-    A feedback that was sent but got no answer (reset, timeout) may have been counted: it is
-    reported in the log, never sent twice - a duplicate reward would bias that arm's mean.
+    Through the ingress (``feedback_via="ingress"``) a resend could reach the other arm, which
+    would count it too: there a feedback that got no answer is reported, never sent twice - a
+    duplicate reward would bias that arm's mean.
     """
 
     def __init__(
@@ -144,6 +147,9 @@ class Replayer:
         self.retries = retries
         self.timeout = timeout
         self.deadline = deadline
+        # an arm's own endpoint reaches the same model server every time: a resent feedback is
+        # recognised there by its request id and counted once; the ingress may pick the other arm
+        self.resends_unanswered = feedback_via == "arm"
         # SeldonClient(gateway="istio") posts to the ingress path; gateway="seldon" to /api/v1.0/...
         self.predict_url = endpoints.predictions_url
         self.ingress_feedback_url = endpoints.ingress_feedback_url
@@ -177,6 +183,7 @@ class Replayer:
             "feedback_via": self.feedback_via,
             "attempts": 0,
             "error": "",
+            "feedback_resent": 0,
         }
         request = prediction_request(features, FEATURES)
         # 1. predict through the ingress
@@ -230,23 +237,23 @@ class Replayer:
         # 4. feedback to the arm that served (or, to measure the flaw, through the ingress)
         url = self.arm_feedback_urls[row["arm"]] if self.feedback_via == "arm" else self.ingress_feedback_url
         body = feedback_message(request, response, row["reward"])
+        # the prediction's request id: the model server counts a feedback with it once (so it can be
+        # resent), and the request logger files the feedback with its request and response
+        headers = {PUID_HEADER: row["puid"]}
         start, attempt, failed = time.perf_counter(), 0, 0
         while True:
             attempt += 1
             row["attempts"] += 1
             try:
-                status, answer, error = await self._post(connections, url, body)
+                status, answer, error = await self._post(connections, url, body, headers)
             except NotSent as e:  # nothing left this machine: safe to send again
                 row["feedback_status"], row["error"] = None, f"feedback: {e}"
                 if await self._again(connections, attempt, not_sent=True):
                     continue
                 break
-            except (TimeoutError, NoAnswer) as e:
-                # sent, and may have been counted: report it, never send it twice
+            except (TimeoutError, NoAnswer) as e:  # sent, and may have been counted
                 what = f"no answer within {self.timeout:g} s" if isinstance(e, TimeoutError) else str(e)
-                row["feedback_status"] = None
-                row["error"] = f"feedback: {what}; {MAY_HAVE_COUNTED}"
-                break
+                status, error = None, what
             row["feedback_status"] = status
             if status == 200:
                 row["error"] = ""
@@ -254,11 +261,19 @@ class Replayer:
                 row["feedback_arm"] = self.endpoints.nodes.get(next(iter(served), ""), "")
                 break
             row["error"] = f"feedback: {error}"
-            # 503: the gateway could not reach the arm, nothing was counted - retry.
-            # Anything else (a 504 may have been counted) is reported, not re-sent twice.
             failed += 1
-            if status != 503 or failed > self.retries or not await self._again(connections, attempt, False):
+            # 503: the gateway could not reach the arm, nothing was counted: retry. No answer or a
+            # 504 may have been counted: sent again only where the same model server gets it
+            unanswered = status in (None, 504)
+            resend = unanswered and self.resends_unanswered and time.perf_counter() - start < self.deadline
+            if (
+                not (status == 503 or resend)
+                or failed > self.retries
+                or not await self._again(connections, attempt, False)
+            ):
+                row["error"] += f"; {MAY_HAVE_COUNTED}" if unanswered else ""
                 break
+            row["feedback_resent"] += unanswered
         row["feedback_ms"] = (time.perf_counter() - start) * 1000
         return row
 
