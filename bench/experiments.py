@@ -128,11 +128,18 @@ def aa(data: dict, design: seq.Design, experiments: int, rng) -> dict:
     return {key: value / experiments for key, value in counts.items()} | {"requests_per_experiment": requests}
 
 
-def ab(data: dict, design: seq.Design, n_fixed: int, experiments: int, rng) -> dict:
-    """A/B at the hold-out's effect: power and requests per arm to a decision."""
+def ab(
+    data: dict, design: seq.Design, n_fixed: int, experiments: int, rng, n_planned: int | None = None
+) -> dict:
+    """A/B at the hold-out's effect: power and requests per arm to a decision.
+
+    ``n_fixed``: the one-look test's n for the hold-out's own effect and sds (what the goal compares
+    with; no plan could know it); ``n_planned``: the plan's one-look n, from the same validation split
+    as the sequential design, for a like-for-like power.
+    """
     rewards, covariates = data["rewards"], data["covariates"]
-    requests = requests_for(max(design.n_max, n_fixed))
-    out = {"raw": ([], []), "cuped": ([], []), "fixed": []}
+    requests = requests_for(max(design.n_max, n_fixed, n_planned or 0))
+    out = {"raw": ([], []), "cuped": ([], []), "fixed": [], "fixed_planned": []}
     for size in _chunks(experiments):
         draws = simulate.draw(
             rng,
@@ -148,6 +155,8 @@ def ab(data: dict, design: seq.Design, n_fixed: int, experiments: int, rng) -> d
             out[key][0].append(n)
             out[key][1].append(code)
         out["fixed"].append(simulate.fixed_horizon(draws, n_fixed, design.alpha))
+        if n_planned:
+            out["fixed_planned"].append(simulate.fixed_horizon(draws, n_planned, design.alpha))
     result = {}
     for key in ("raw", "cuped"):
         n, code = np.concatenate(out[key][0]), np.concatenate(out[key][1])
@@ -161,6 +170,9 @@ def ab(data: dict, design: seq.Design, n_fixed: int, experiments: int, rng) -> d
         }
     fixed = np.concatenate(out["fixed"])
     result["fixed_power"] = float((fixed == seq.DECISION_CODES[seq.WINNER]).mean())
+    if n_planned:
+        planned = np.concatenate(out["fixed_planned"])
+        result["fixed_planned_power"] = float((planned == seq.DECISION_CODES[seq.WINNER]).mean())
     return result
 
 
@@ -176,7 +188,7 @@ def run(experiments: int = 2000, seed: int = 0) -> dict:
     ratios = cuped_ratios(rewards, data["covariates"])
     rng = np.random.default_rng(seed)
     null = aa(data, design, experiments, rng)
-    alt = ab(data, design, n_fixed, experiments, rng)
+    alt = ab(data, design, n_fixed, experiments, rng, the_plan.n_fixed)
     se = lambda p: math.sqrt(p * (1 - p) / experiments)  # noqa: E731
     results = {
         "aa_false_positive_rate_sequential": null["sequential"],
@@ -187,6 +199,7 @@ def run(experiments: int = 2000, seed: int = 0) -> dict:
         "aa_standard_error_at_5_percent": se(0.05),
         "fixed_horizon_requests_per_arm": n_fixed,
         "power_fixed_horizon": alt["fixed_power"],
+        "power_fixed_horizon_at_planned_n": alt["fixed_planned_power"],
         "mean_requests_to_decision_sequential": alt["raw"]["mean_requests_per_arm"],
         "power_sequential": alt["raw"]["power"],
         "mean_requests_to_decision_sequential_cuped": alt["cuped"]["mean_requests_per_arm"],
