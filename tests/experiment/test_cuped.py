@@ -72,4 +72,6 @@ def test_table_on_the_wine_data_reduces_the_variance():
         for a in ARMS
     }
     for arm in ARMS:
-        assert cuped.variance_ratio(rewards[arm], covariates[cuped.column(arm)]) < 0.85  # measured ~0.7
+        assert (
+            cuped.variance_ratio(rewards[arm], covariates[cuped.column(arm)]) < 0.85
+        )  # measured 0.65 and 0.64
