@@ -13,7 +13,8 @@ model fitted on the training rows only (experiment/cuped.py). Then, with a look 
    planned maximum per arm: how often the sequential test declares a difference (peeking at every
    request, no futility stop, so at its most exposed), against a Welch t-test re-run at every look.
 2. A/B at the hold-out's effect: power and mean requests per arm to a decision, sequential (raw and
-   CUPED-adjusted rewards) against one Welch test at the fixed-horizon n for 80% power.
+   CUPED-adjusted rewards) against one Welch test at the fixed-horizon n for 80% power (sized with
+   the hold-out's own effect and sds, as the goal reads; also at the plan's n, like for like).
 3. The CUPED variance ratio on the replay (hold-out) rewards.
 
 Simulated experiments draw hold-out rows at random with replacement (experiment/simulate.py).
