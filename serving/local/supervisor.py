@@ -27,12 +27,13 @@ from serving import prometheus
 from serving.gateway import GatewayConfig
 from serving.local.processes import HOST, MARKER, ROLE, free_ports, signal_group, stop_groups
 from serving.request_logger import local_sink_ports
+from serving.request_logger.offload import NICENESS
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_CLASS = "serving.mlflow_server.MLFlowServer"
 # what PREDICTIVE_UNIT_IMAGE reports in meta.requestPath and in the metrics' model_image label
 MODEL_IMAGE = "mlflow-seldon/mlflowserver:local"
-SHADOW_NICENESS = 10  # a shadow's model server runs at this CPU niceness (see _children)
+SHADOW_NICENESS = NICENESS  # a shadow's model server and the sink, as the gateway's logger process
 GRACE_SECONDS = 10.0  # a short terminationGracePeriodSeconds: gunicorn's workers exit in ~1-3 s
 
 

@@ -46,6 +46,11 @@ TYPES = (CE_REQUEST, CE_RESPONSE, CE_FEEDBACK)
 REPORT_INTERVAL = 0.2  # seconds between the child's reports of its counts
 # the pipe's buffer in the gateway: beyond this the child is not keeping up and events are dropped
 MAX_BUFFER = 64 << 20
+# The child's CPU niceness, as the stack's sink and shadow model server have: locally it shares the
+# callers' cores with the gateway and the model servers (on a cluster the sink has pods of its own);
+# sending an event costs ~0.2-0.5 ms of CPU, so under contention the callers' requests go first
+# and the events wait in the child's bounded queue (what cannot wait is dropped and counted).
+NICENESS = 10
 
 
 def _config(log: RequestLogger) -> dict:
@@ -213,6 +218,7 @@ class LoggerProcess:
 
 # ------------------------------------------------------------------------------ the child
 async def _child(configs: list[dict], drain: float) -> None:
+    os.nice(NICENESS)
     loggers = [RequestLogger(**config).start() for config in configs]
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 30)

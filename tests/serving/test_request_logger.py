@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
+import psutil
 import pytest
 from aiohttp import web
 from prometheus_client import REGISTRY
@@ -462,7 +463,7 @@ def test_constants_match_the_executor():
 
 # ------------------------------------------------------------------ loggers in their own process
 def test_offloaded_loggers_send_from_a_child_process_and_count_in_this_one(tmp_path):
-    from serving.request_logger.offload import LoggerProcess
+    from serving.request_logger.offload import NICENESS, LoggerProcess
 
     names = {"namespace": "default", "deployment": "offload-test"}
     dead = f"http://127.0.0.1:{closed_port()}/"
@@ -476,6 +477,8 @@ def test_offloaded_loggers_send_from_a_child_process_and_count_in_this_one(tmp_p
         }
         hub = await LoggerProcess(loggers, drain=2.0).start()
         assert hub.pid not in (None, os.getpid())
+        # it yields the shared cores to the callers' path (the gateway, the model servers)
+        assert psutil.Process(hub.pid).nice() == min(19, os.nice(0) + NICENESS)
         a, b = hub["model-a"], hub["model-b"]
         seconds = timed_calls(
             [lambda i=i: a.log_request(f"p{i}", REQUEST) for i in range(50)]
