@@ -66,9 +66,9 @@ class Gateway(ManifestReloader, Executor, RouterGraph, ShadowMirror):
         chosen = self.random.choices(routes.names, weights=routes.weights)[0]
         service = request.match_info["service"]
         response = await self.forward(request, routes.deployment.predictor(chosen), service)
-        if routes.shadow is not None and service == "predictions":
+        if routes.shadow is not None:
             # started after the caller's answer is built: it is written before the mirror's first step
-            self.mirror(routes.deployment, routes.shadow, request.headers, await request.read())
+            self.mirror(routes.deployment, routes.shadow, service, request.headers, await request.read())
         return response
 
     def predictor_handler(self, predictor_name: str):

@@ -36,7 +36,7 @@ class Model:
     """A loopback HTTP server answering /predict as a Seldon model (named ``node``) does."""
 
     def __init__(self, node: str, delay: float = 0.0):
-        self.node, self.delay, self.puids, self.runner = node, delay, [], None
+        self.node, self.delay, self.puids, self.feedback, self.runner = node, delay, [], [], None
 
     async def predict(self, request: web.Request) -> web.Response:
         await request.read()
@@ -47,9 +47,14 @@ class Model:
             {"data": {"names": ["quality"], "ndarray": [[6.0]]}, "meta": {"requestPath": {self.node: "img"}}}
         )
 
+    async def send_feedback(self, request: web.Request) -> web.Response:
+        self.feedback.append((request.headers.get("Seldon-Puid"), await request.json()))
+        return web.json_response({"data": {"ndarray": []}, "meta": {}})
+
     async def start(self) -> str:
         app = web.Application()
         app.router.add_post("/predict", self.predict)
+        app.router.add_post("/send-feedback", self.send_feedback)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         port = free_port()
@@ -69,9 +74,12 @@ def manifest_file(tmp_path: Path, sink_port: int, shadow_traffic: int = 0) -> Pa
     return path
 
 
-def run_gateway(tmp_path, n: int, *, shadow="ok", sink=True, puid=True, shadow_traffic=0, max_in_flight=64):
-    """Serve ``n`` sequential predictions through the ingress; what the callers, models, sink and
-    gateway saw. ``shadow``: "ok", "slow" (answers after 2 s) or "dead" (nothing listens)."""
+def run_gateway(
+    tmp_path, n: int, *, shadow="ok", sink=True, puid=True, shadow_traffic=0, max_in_flight=64, feedback=False
+):
+    """Serve ``n`` sequential predictions through the ingress (``feedback``: each followed by its
+    feedback, through the ingress too); what the callers, models, sink and gateway saw. ``shadow``:
+    "ok", "slow" (answers after 2 s) or "dead" (nothing listens)."""
     sink_port = free_port()
     config_path = manifest_file(tmp_path, sink_port, shadow_traffic)
 
@@ -94,7 +102,7 @@ def run_gateway(tmp_path, n: int, *, shadow="ok", sink=True, puid=True, shadow_t
         )
         gateway = Gateway(config)
         runners = await gateway.start()
-        answers = []
+        answers, fed = [], []
         try:
             async with aiohttp.ClientSession() as session:
                 for _ in range(n):
@@ -105,6 +113,11 @@ def run_gateway(tmp_path, n: int, *, shadow="ok", sink=True, puid=True, shadow_t
                     async with session.post(url, json=PREDICTION, headers=headers) as response:
                         body = await response.json()
                         answers.append((sent, response.status, body, time.perf_counter() - start))
+                    if feedback:
+                        message = {"request": PREDICTION, "response": body, "reward": 1.0}
+                        url = url.replace("/predictions", "/feedback")
+                        async with session.post(url, json=message, headers=headers) as response:
+                            fed.append((sent, response.status, await response.json()))
                 status_url = f"http://127.0.0.1:{config.ingress_port}/admin/status"
                 async with session.get(status_url) as response:
                     status = await response.json()
@@ -127,8 +140,11 @@ def run_gateway(tmp_path, n: int, *, shadow="ok", sink=True, puid=True, shadow_t
                     await model.runner.cleanup()
         return dict(
             answers=answers,
+            fed=fed,
             main=main.puids,
             shadow=shadow_model.puids,
+            main_feedback=main.feedback,
+            shadow_feedback=shadow_model.feedback,
             status=status,
             metrics=metrics,
             logged=logged,
@@ -137,7 +153,7 @@ def run_gateway(tmp_path, n: int, *, shadow="ok", sink=True, puid=True, shadow_t
     return aio.run(run())
 
 
-def server_count(metrics: str, predictor: str, code: str) -> float:
+def server_count(metrics: str, predictor: str, code: str, service: str = "predictions") -> float:
     for family in text_string_to_metric_families(metrics):
         if family.name == "seldon_api_executor_server_requests_seconds":
             return sum(
@@ -146,7 +162,7 @@ def server_count(metrics: str, predictor: str, code: str) -> float:
                 if s.name.endswith("_count")
                 and s.labels["predictor_name"] == predictor
                 and s.labels["code"] == code
-                and s.labels["service"] == "predictions"
+                and s.labels["service"] == service
             )
     return 0.0
 
@@ -210,3 +226,37 @@ def test_a_dead_logger_sink_leaves_callers_untouched_and_the_loss_is_counted(tmp
     for name in ("model-b", "model-a"):
         sent, dropped = seen["logged"][name]
         assert sent == 0 and sum(dropped.values()) == 40, (name, dropped)
+
+
+def test_feedback_through_the_ingress_is_mirrored_to_the_shadow_as_istio_does(tmp_path):
+    """The operator's mirror covers the whole REST route, feedback included: the shadow's executor
+    logs it and its model gets the main predictor's reward (whose answer it was)."""
+    before = run_gateway(tmp_path / "warm", 1, feedback=True)["metrics"]
+    seen = run_gateway(tmp_path, 10, feedback=True)
+    sent = [puid for puid, *_ in seen["answers"]]
+    # the caller's feedback is answered by the main predictor alone
+    assert [(puid, status) for puid, status, _ in seen["fed"]] == [(p, 200) for p in sent]
+    assert [puid for puid, _ in seen["main_feedback"]] == sent
+    # the shadow got the same feedback: the caller's request id, the main's response and reward
+    assert sorted(puid for puid, _ in seen["shadow_feedback"]) == sorted(sent)
+    for _, message in seen["shadow_feedback"]:
+        assert (
+            message["reward"] == 1.0 and next(iter(message["response"]["meta"]["requestPath"])) == "model-b"
+        )
+    assert seen["status"]["shadow"]["mirrored"] == 20  # 10 predictions, 10 feedbacks
+    grew = server_count(seen["metrics"], "model-a", "200", "feedback") - server_count(
+        before, "model-a", "200", "feedback"
+    )
+    assert grew == 10
+    # the shadow's logger logged each feedback (mode all) under the caller's request id
+    events = read_events(tmp_path / "events")
+    assert {e["requestid"] for e in events if e["endpoint"] == "model-a" and e["kind"] == "feedback"} == set(
+        sent
+    )
+
+
+def test_a_dead_shadow_changes_nothing_for_the_callers_feedback(tmp_path):
+    seen = run_gateway(tmp_path, 10, shadow="dead", feedback=True)
+    assert [status for _, status, _ in seen["fed"]] == [200] * 10
+    assert len(seen["main_feedback"]) == 10
+    assert server_count(seen["metrics"], "model-a", "503", "feedback") >= 10
