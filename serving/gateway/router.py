@@ -86,11 +86,15 @@ class RouterGraph:
             )
             called = (child,)
         else:
+            # 1.17.1 indexes Children[route] and panics. A 502, not a 4xx: the request was valid and
+            # the router's answer is what the graph cannot run (a fault of the router or of the
+            # graph, which a caller cannot fix by changing its request, and which monitoring must see)
             raise GraphError(
                 502,
                 "BAD_ROUTE",
                 f"router {predictor.node!r} chose route {route}; it has {len(children)} children "
-                f"(0..{len(children) - 1}), -1 (all) or -2 (none)",
+                f"(0..{len(children) - 1}), -1 (all) or -2 (none): the router's answer is at fault, "
+                "not the request",
             )
         if status == 200 and predictor.orchestrator_env.get(ROUTING_INJECTION):
             payload = _with_routing(payload, {predictor.node: route, **{c.node: -1 for c in called}})

@@ -35,6 +35,7 @@ class ThompsonSampling(Router):
             raise ValueError(f"posterior must be one of {POSTERIORS}, got {posterior!r}")
         self.posterior = posterior
         self.successes = np.zeros(int(n_branches))  # the Beta-Bernoulli trick's counts
+        self._parameters = None  # the posterior's, recomputed only after a reward (see sample)
         super().__init__(n_branches=n_branches, **kwargs)
 
     # the state file's algorithm names the posterior: a gaussian state must not load as beta
@@ -45,16 +46,26 @@ class ThompsonSampling(Router):
     def learned(self, branch: int, reward: float) -> None:
         if self.posterior == "beta":
             self.successes[branch] += self.rng.random() < reward
+        self._parameters = None
 
-    def sample(self) -> np.ndarray:
+    def parameters(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each branch's posterior: Beta (a, b), or the normal's (mean, standard deviation)."""
         if self.posterior == "beta":
-            return self.rng.beta(1.0 + self.successes, 1.0 + self.n - self.successes)
+            return 1.0 + self.successes, 1.0 + self.n - self.successes
         count = PRIOR_COUNT + self.n
         mean = (PRIOR_COUNT * PRIOR_MEAN + self.total) / count
         # pooled with the prior: never 0, however alike the first rewards are
         squares = self.total_sq - self.total**2 / np.maximum(self.n, 1)
         variance = (PRIOR_COUNT * PRIOR_VARIANCE + np.maximum(squares, 0.0)) / count
-        return self.rng.normal(mean, np.sqrt(variance / count))
+        return mean, np.sqrt(variance / count)
+
+    def sample(self) -> np.ndarray:
+        # the posterior changes only with a reward: computed once per feedback, not per route call
+        # (the ~8 numpy operations cost 20 us of a route's 30 us in process); the draws are the same
+        if self._parameters is None:
+            self._parameters = self.parameters()
+        a, b = self._parameters
+        return self.rng.beta(a, b) if self.posterior == "beta" else self.rng.normal(a, b)
 
     def choose(self) -> int:
         return int(np.argmax(self.sample()))
@@ -65,4 +76,5 @@ class ThompsonSampling(Router):
     def load_state(self, path) -> dict:
         state = super().load_state(path)
         self.successes[:] = state["successes"]
+        self._parameters = None
         return state

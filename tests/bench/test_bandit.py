@@ -61,6 +61,11 @@ def check_result(result: dict) -> None:
     assert latency["router_added_p50_ms"] == pytest.approx(
         latency["p50_ms"]["bandit"] - latency["p50_ms"]["plain"]
     )
+    # the floor of the router's hop was measured in the same loop
+    assert 0 < latency["p50_ms"]["router_ping"] and 0 < latency["p50_ms"]["router_route"]
+    assert latency["added_over_router_ping"] == pytest.approx(
+        latency["router_added_p50_ms"] / latency["p50_ms"]["router_ping"]
+    )
     targets = {t["target"]: t for t in result["targets"]}
     assert targets["thompson_second_half_share"]["met"] == (
         result["share_to_better"]["bandit_second_half"] >= 0.8

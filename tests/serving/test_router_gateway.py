@@ -329,7 +329,9 @@ def test_route_minus_one_runs_every_child_and_minus_two_returns_the_request(grap
 def test_a_route_outside_the_children_is_a_502_naming_it_not_a_crash(graph, route):
     answer = predict(graph.echo, {"data": {"ndarray": [[route]]}})
     assert answer.status_code == 502, answer.text
-    assert f"route {route}" in answer.json()["status"]["info"]
+    status = answer.json()["status"]
+    assert f"route {route}" in status["info"] and status["reason"] == "BAD_ROUTE"
+    assert "the router's answer is at fault" in status["info"]
 
 
 # ---------------------------------------------------------------- feedback

@@ -53,6 +53,28 @@ def test_the_same_seed_routes_the_same_way_and_another_seed_does_not(name):
     assert replay(make(name), rows=300) != replay(make(name, seed=8), rows=300)
 
 
+class Uncached(ThompsonSampling):
+    """Recomputes its posterior for every draw, as the router did before it cached it."""
+
+    def sample(self):
+        self._parameters = None
+        return super().sample()
+
+
+@pytest.mark.parametrize("posterior", ["gaussian", "beta"])
+def test_the_cached_posterior_draws_what_a_fresh_one_would(tmp_path, posterior):
+    """The posterior is computed once per reward, not per route: same draws, after a restart too."""
+    kwargs = {"n_branches": 2, "seed": 7, "posterior": posterior}
+    cached = ThompsonSampling(state_file=str(tmp_path / "a.json"), **kwargs)
+    fresh = Uncached(state_file=str(tmp_path / "b.json"), **kwargs)
+    assert replay(cached, rows=300) == replay(fresh, rows=300)
+    # several routes between rewards: each route must draw from the same, current posterior
+    assert [cached.route(None, None) for _ in range(50)] == [fresh.route(None, None) for _ in range(50)]
+    restarted = ThompsonSampling(state_file=str(tmp_path / "a.json"), **kwargs)
+    again = Uncached(state_file=str(tmp_path / "b.json"), **kwargs)
+    assert replay(restarted, rows=100) == replay(again, rows=100)
+
+
 def test_one_reward_per_feedback_whatever_the_rows():
     router = make("thompson-gaussian")
     router.send_feedback(np.zeros((5, 11)), [], 0.9, None, routing=0)
