@@ -28,6 +28,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 # one thread per process: the machine has 2 cores and other work on it (OpenMP oversubscription
@@ -49,6 +50,7 @@ from training.data import FEATURES, SEED, TARGET, load_wine_quality, split_holdo
 RESULTS = REPO / "bench" / "results.json"
 SHARED_DATA = REPO.parent / "shared" / "data" / "wine-quality.csv"
 CONTROL, TREATMENT = "b", "a"  # the heavily regularised arm is the control; the effect is the same either way
+MORE_POWER = (0.85, 0.9)  # planned powers of the CUPED test's extra rows (the plan's is 80%)
 CHUNK = 250  # experiments simulated at once (memory: a few arrays of CHUNK × requests floats)
 
 
@@ -130,17 +132,27 @@ def aa(data: dict, design: seq.Design, experiments: int, rng) -> dict:
 
 
 def ab(
-    data: dict, design: seq.Design, n_fixed: int, experiments: int, rng, n_planned: int | None = None
+    data: dict,
+    design: seq.Design,
+    n_fixed: int,
+    experiments: int,
+    rng,
+    n_planned: int | None = None,
+    more_cuped: dict[str, seq.Design] | None = None,
 ) -> dict:
     """A/B at the hold-out's effect: power and requests per arm to a decision.
 
     ``n_fixed``: the one-look test's n for the hold-out's own effect and sds (what the goal compares
     with; no plan could know it); ``n_planned``: the plan's one-look n, from the same validation split
-    as the sequential design, for a like-for-like power.
+    as the sequential design, for a like-for-like power; ``more_cuped``: other designs of the CUPED
+    test (e.g. planned for more power), run on the same draws.
     """
     rewards, covariates = data["rewards"], data["covariates"]
-    requests = requests_for(max(design.n_max, n_fixed, n_planned or 0))
-    out = {"raw": ([], []), "cuped": ([], []), "fixed": [], "fixed_planned": []}
+    variants = {"raw": (design, False), "cuped": (design, True)}
+    variants |= {key: (other, True) for key, other in (more_cuped or {}).items()}
+    longest = max(d.n_max for d, _ in variants.values())
+    requests = requests_for(max(longest, n_fixed, n_planned or 0))
+    out = {key: ([], []) for key in variants} | {"fixed": [], "fixed_planned": []}
     for size in _chunks(experiments):
         draws = simulate.draw(
             rng,
@@ -151,15 +163,15 @@ def ab(
             covariates[CONTROL],
             covariates[TREATMENT],
         )
-        for key, adjusted in (("raw", False), ("cuped", True)):
-            n, code = simulate.sequential(draws, design, adjusted)
+        for key, (variant, adjusted) in variants.items():
+            n, code = simulate.sequential(draws, variant, adjusted)
             out[key][0].append(n)
             out[key][1].append(code)
         out["fixed"].append(simulate.fixed_horizon(draws, n_fixed, design.alpha))
         if n_planned:
             out["fixed_planned"].append(simulate.fixed_horizon(draws, n_planned, design.alpha))
     result = {}
-    for key in ("raw", "cuped"):
+    for key in variants:
         n, code = np.concatenate(out[key][0]), np.concatenate(out[key][1])
         result[key] = {
             "power": float((code == seq.DECISION_CODES[seq.WINNER]).mean()),
@@ -189,7 +201,12 @@ def run(experiments: int = 2000, seed: int = 0) -> dict:
     ratios = cuped_ratios(rewards, data["covariates"])
     rng = np.random.default_rng(seed)
     null = aa(data, design, experiments, rng)
-    alt = ab(data, design, n_fixed, experiments, rng, the_plan.n_fixed)
+    # the CUPED test's futility boundary planned for more power, the same cap: what power costs
+    more_power = {
+        f"sequential_cuped_planned_power_{round(100 * power)}": replace(design, beta=round(1 - power, 12))
+        for power in MORE_POWER
+    }
+    alt = ab(data, design, n_fixed, experiments, rng, the_plan.n_fixed, more_power)
     se = lambda p: math.sqrt(p * (1 - p) / experiments)  # noqa: E731
     results = {
         "aa_false_positive_rate_sequential": null["sequential"],
@@ -211,6 +228,7 @@ def run(experiments: int = 2000, seed: int = 0) -> dict:
         "cuped_variance_ratio_per_arm": ratios["per_arm"],
         "sequential": alt["raw"],
         "sequential_cuped": alt["cuped"],
+        **{key: alt[key] | {"vs_fixed": alt[key]["mean_requests_per_arm"] / n_fixed} for key in more_power},
         "holdout_effect": effect,
         "holdout_sd": sd,
         "plan": the_plan.record() | {"control": CONTROL, "treatment": TREATMENT},

@@ -50,3 +50,7 @@ def test_a_small_run():
     assert 0 < results["cuped_variance_ratio"] < 1
     assert results["aa_false_positive_rate_naive_peeking"] >= results["aa_false_positive_rate_sequential"]
     assert results["plan"]["source"] == "validation split"
+    # the CUPED test planned for more power: a futility boundary for a smaller β stops for futility less
+    more = [results[f"sequential_cuped_planned_power_{p}"] for p in (85, 90)]
+    assert results["sequential_cuped"]["futility"] >= more[0]["futility"] >= more[1]["futility"]
+    assert all(m["vs_fixed"] > 0 for m in more)
