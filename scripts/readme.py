@@ -109,6 +109,7 @@ def experiments_table(results: dict) -> str:
     """bench/results.json["experiments"] (bench/experiments.py) as the README's table."""
     e = results["experiments"]
     plan = e["plan"]
+    p85, p90 = e["sequential_cuped_planned_power_85"], e["sequential_cuped_planned_power_90"]
     return "\n".join(
         [
             f"From `make bench` (bench/experiments.py, {e['parameters']['experiments']:,} simulated "
@@ -132,7 +133,9 @@ def experiments_table(results: dict) -> str:
             f"requests, with CUPED {e['sequential_cuped_vs_fixed']:.3f}; CUPED's variance ratio on the "
             f"replay data is "
             f"{e['cuped_variance_ratio']:.3f} (A/A standard error at 5%: "
-            f"{e['aa_standard_error_at_5_percent']:.1%}).",
+            f"{e['aa_standard_error_at_5_percent']:.1%}). Planned for more power, the CUPED test needs "
+            f"more requests: planned at 85% it measured {p85['power']:.1%} power with "
+            f"{p85['vs_fixed']:.3f} of the one-look n, at 90% {p90['power']:.1%} with {p90['vs_fixed']:.3f}.",
         ]
     )
 
