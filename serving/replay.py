@@ -26,14 +26,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from serving import aio
-from serving.client import (
-    Connections,
-    NoAnswer,
-    NotSent,
-    feedback_message,
-    first_value,
-    prediction_request,
-)
+from serving.client import Connections, NoAnswer, NotSent, feedback_message, first_value, prediction_request
 from serving.endpoints import Endpoints
 from training.data import FEATURES, SEED, TARGET, load_wine_quality, split_holdout
 
@@ -44,28 +37,15 @@ RUNS_DIR = REPO / "runs"
 DEFAULT_DEADLINE = 30.0
 PUID_HEADER = "Seldon-Puid"  # the executor's request id header (seldon-core executor/api/rest)
 MAY_HAVE_COUNTED = "it may have been counted, so it was not sent again"
-LOG_COLUMNS = [
-    "request_id",
-    "arm",
-    "node",
-    "truth",
-    "prediction",
-    "reward",
-    "predict_ms",
-    "feedback_ms",
-    "feedback_via",
-    "feedback_arm",
-    "predict_status",
-    "feedback_status",
-    "attempts",  # requests sent for the row: 2 (a prediction and a feedback) when none was retried
-    "error",
-    # the Seldon-Puid sent with the answered prediction: the request id of its request-logger events.
-    # Each executor makes its own puid unless the caller sends one, so without it a shadow's events
-    # could not be joined with the main arm's (experiment/paired.py: from_replay)
-    "puid",
-    # times the feedback was sent again after it got no answer (each copy counted once by its puid)
-    "feedback_resent",
-]
+# The per-request log. attempts: requests sent for the row, 2 (a prediction and a feedback) when none
+# was retried. puid: the Seldon-Puid sent with the answered prediction (and with its feedback), the
+# request id of its request-logger events: each executor makes its own unless the caller sends one,
+# so without it a shadow's events could not be joined with the main arm's (experiment/paired.py).
+# feedback_resent: times the feedback was sent again after it got no answer (counted once by puid).
+LOG_COLUMNS = (
+    "request_id arm node truth prediction reward predict_ms feedback_ms feedback_via feedback_arm "
+    "predict_status feedback_status attempts error puid feedback_resent"
+).split()
 # a monitored replay (``replay(..., monitor=...)``) adds: the look (the row's place in the order rows
 # completed, which is the order the monitor saw them) and the monitor's decision at that look
 MONITOR_COLUMNS = ["look", "decision"]
@@ -116,9 +96,11 @@ class Replayer:
     - a connection that could not be opened (refused, unreachable): nothing was sent, so any
       request is safe to send again; retried while the endpoints have been unreachable for less
       than ``deadline`` seconds (the local supervisor restarts a killed gateway in about 2 s);
-    - a prediction that got a 5xx or no answer: predicting again changes no reward (at most
+    - a prediction or feedback answered 503 (the gateway could not reach the arm, or the arm is not
+      ready: nothing served it): retried while less than ``deadline`` seconds have passed since
+      the row's first attempt (a killed model server is back and loaded in a few seconds);
+    - a prediction that got another 5xx or no answer: predicting again changes no reward (at most
       ``retries`` times);
-    - a feedback answered 503 by the gateway, which could not reach the arm (at most ``retries``);
     - a feedback sent to the arm's own endpoint that got no answer (a reset, a timeout, a 504 from
       the gateway): it may have been counted, but it carries its prediction's request id
       (``Seldon-Puid``) and the model server counts an id once (serving/mlflow_server.py), so it is
@@ -203,13 +185,17 @@ class Replayer:
                 error = f"predict: {error or 'the answer is not a JSON object'}"
                 if status < 500 and status != 200:
                     break  # the request itself is wrong: sending it again gives the same answer
-                failed += 1
+                failed += status != 503  # a 503 is retried until the deadline instead
             except NotSent as e:
                 status, response, error, not_sent = None, None, f"predict: {e}", True
             except (TimeoutError, NoAnswer) as e:  # no answer; predicting again is harmless
                 status, response, error = None, None, f"predict: {type(e).__name__}: {e}"
                 failed += 1
-            if failed > self.retries or not await self._again(connections, row["attempts"], not_sent):
+            if (
+                failed > self.retries
+                or (status == 503 and time.perf_counter() - start >= self.deadline)
+                or not await self._again(connections, row["attempts"], not_sent)
+            ):
                 break
         row["predict_ms"] = (time.perf_counter() - start) * 1000
         row["predict_status"] = status
@@ -261,14 +247,14 @@ class Replayer:
                 row["feedback_arm"] = self.endpoints.nodes.get(next(iter(served), ""), "")
                 break
             row["error"] = f"feedback: {error}"
-            failed += 1
-            # 503: the gateway could not reach the arm, nothing was counted: retry. No answer or a
-            # 504 may have been counted: sent again only where the same model server gets it
+            failed += status != 503
+            # 503: the arm could not be reached, nothing was counted: retry. No answer or a 504 may
+            # have been counted: sent again only where the same model server gets it
             unanswered = status in (None, 504)
-            resend = unanswered and self.resends_unanswered and time.perf_counter() - start < self.deadline
             if (
-                not (status == 503 or resend)
+                not (status == 503 or (unanswered and self.resends_unanswered))
                 or failed > self.retries
+                or time.perf_counter() - start >= self.deadline
                 or not await self._again(connections, attempt, False)
             ):
                 row["error"] += f"; {MAY_HAVE_COUNTED}" if unanswered else ""

@@ -1,8 +1,16 @@
 """One predictor's executor: the call to its model server (or its ROUTER graph, serving.gateway.router),
-with the executor's metrics, the request id and the node's request logger."""
+with the executor's metrics, the request id and the node's request logger.
+
+An upstream that refused a connection (its process is gone, or restarting) is not called again until
+its readiness probe (the manifest's ``readinessProbe``) answers: meanwhile its calls get a 503 naming
+the predictor at once, as a Service has no endpoint until its pod is ready. Without that, a restarted
+model server whose port is open but whose model is still loading held each call until the upstream
+timeout, a 504.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -99,7 +107,15 @@ class Executor:
         ``server`` is the predictor itself (its root node) or a router's child; an upstream that
         is down or too slow is a GraphError (503, 504).
         """
-        url = self.config.upstreams[server.name] + path
+        base = self.config.upstreams[server.name]
+        if server.name in self.unready:
+            raise GraphError(
+                503,
+                "UPSTREAM_NOT_READY",
+                f"predictor {predictor.name!r} ({_kind(server)} {server.node!r}) is not ready: "
+                f"waiting for its readiness probe ({server.readiness.path})",
+            )
+        url = base + path
         start = time.perf_counter()
         try:
             async with self.session.post(url, data=body, headers=headers, timeout=self.timeout) as upstream:
@@ -116,6 +132,9 @@ class Executor:
                 f"{self.config.upstream_timeout:g} s",
             ) from None
         except aiohttp.ClientError as e:
+            if isinstance(e, aiohttp.ClientConnectorError) and server.name not in self.unready:
+                # nothing listens: not ready until its readiness probe answers
+                self.unready[server.name] = asyncio.create_task(self._probe_until_ready(server, base))
             raise GraphError(
                 503,
                 "UPSTREAM_UNAVAILABLE",
@@ -129,6 +148,27 @@ class Executor:
             # the model container failed; the executor reports it without leaking a traceback page
             logger.error("%s %s answered %s: %s", _kind(server), server.node, status, payload[:500])
         return status, payload, content_type
+
+    @property
+    def unready(self) -> dict[str, asyncio.Task]:
+        """Upstreams that refused a connection, until their readiness probe answers: name -> probe."""
+        return self.__dict__.setdefault("_unready", {})
+
+    async def _probe_until_ready(self, server: sdep.Predictor, base: str) -> None:
+        """Probe at once (a refusal can be a blip), then every period, as the kubelet probes."""
+        probe = server.readiness
+        try:
+            while self.config.upstreams.get(server.name) == base and not self.session.closed:
+                try:
+                    timeout = aiohttp.ClientTimeout(total=probe.timeout)
+                    async with self.session.get(base + probe.path, timeout=timeout) as answer:
+                        if answer.status == 200:
+                            return
+                except (TimeoutError, aiohttp.ClientError):
+                    pass
+                await asyncio.sleep(probe.period)
+        finally:
+            self.unready.pop(server.name, None)
 
 
 def _kind(server: sdep.Predictor) -> str:

@@ -1,12 +1,14 @@
 """The gateway on its own, without a stack: request bodies with a Content-Encoding, and the fine
 latency histogram it exports. A real gateway on free loopback ports; its model servers are ports
 nothing listens on (a real, if unhappy, state), so a request that passes the gateway's own checks
-is answered 503 - which shows the gateway let it through. The last test (marked ``stack``) sends a
-gzip body through a real stack to a real model server.
+is answered 503 - which shows the gateway let it through. An upstream that refused a connection gets
+nothing until its readiness probe answers (a stand-in model server). The last test (marked ``stack``)
+sends a gzip body through a real stack to a real model server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import zlib
@@ -14,6 +16,7 @@ import zlib
 import aiohttp
 import pytest
 import requests
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from serving import aio
@@ -153,3 +156,71 @@ def test_a_gzip_prediction_is_answered_by_a_model_server(stack, where):
     )
     assert answer.status_code == 200, answer.text
     assert len(answer.json()["data"]["ndarray"]) == 1
+
+
+def test_an_upstream_that_refused_gets_no_request_until_its_readiness_probe_answers():
+    """As a Service drops a dead pod's endpoint and adds the new pod's only once it is ready: a
+    restarted model server whose port is open but whose probe fails gets nothing (503 at once)."""
+    port = free_port()
+    config = GatewayConfig(
+        manifest=str(MANIFEST),
+        upstreams={"model-a": f"http://127.0.0.1:{port}", "model-b": f"http://127.0.0.1:{free_port()}"},
+        predictor_ports={"model-a": free_port(), "model-b": free_port()},
+        ingress_port=free_port(),
+    )
+    url = f"http://127.0.0.1:{config.predictor_ports['model-a']}/api/v1.0/predictions"
+    seen: list[tuple[str, bool]] = []  # (path, ready then) of every request the stand-in model server got
+    ready = False
+
+    async def ping(request):
+        seen.append((request.path, ready))
+        return web.Response(text="pong", status=200 if ready else 503)
+
+    async def predict(request):
+        seen.append((request.path, ready))
+        return web.json_response({"data": {"ndarray": [5.0]}, "meta": {"requestPath": {"model-a": "x"}}})
+
+    async def run():
+        nonlocal ready
+        gateway = Gateway(config)
+        runners = await gateway.start()
+        server = web.AppRunner(web.Application())
+        server.app.router.add_get("/health/ping", ping)
+        server.app.router.add_post("/predict", predict)
+        answers = []
+        try:
+            async with aiohttp.ClientSession() as session:
+
+                async def send():
+                    async with session.post(url, data=JSON) as response:
+                        body = await response.json(content_type=None)
+                        answers.append((response.status, body.get("status", {}).get("reason")))
+
+                await send()  # nothing listens: refused
+                await send()  # not called again until the probe answers
+                await server.setup()  # the port opens, the model "loads": the probe fails
+                await web.TCPSite(server, "127.0.0.1", port).start()
+                for _ in range(10):
+                    await send()
+                    await asyncio.sleep(0.1)
+                ready = True  # loaded: the probe answers within a period (1 s in the manifest)
+                for _ in range(50):
+                    await send()
+                    if answers[-1][0] == 200:
+                        break
+                    await asyncio.sleep(0.1)
+        finally:
+            for runner in [*runners, server]:
+                await runner.cleanup()
+            await gateway.session.close()
+        return answers
+
+    answers = aio.run(run())
+    assert answers[:2] == [(503, "UPSTREAM_UNAVAILABLE"), (503, "UPSTREAM_NOT_READY")], answers
+    assert set(answers[2:-1]) == {(503, "UPSTREAM_NOT_READY")} and answers[-1] == (200, None), answers
+    # the stand-in got probes until it was ready, and the first prediction only after that
+    first = next(i for i, (path, _) in enumerate(seen) if path == "/predict")
+    assert all(path == "/health/ping" for path, _ in seen[:first]) and seen[first - 1] == (
+        "/health/ping",
+        True,
+    )
