@@ -203,9 +203,14 @@ class Router:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    @property
+    def loads(self) -> set[str]:
+        """The algorithms whose state files this router can continue from (its own)."""
+        return {self.algorithm}
+
     def load_state(self, path: Path) -> dict:
         state = json.loads(path.read_text())
-        if state.get("algorithm") != self.algorithm or state.get("branch_names") != self.branch_names:
+        if state.get("algorithm") not in self.loads or state.get("branch_names") != self.branch_names:
             raise ValueError(
                 f"{path} holds the state of a {state.get('algorithm')} router over "
                 f"{state.get('branch_names')}, not of {self}; move it away to start afresh"
