@@ -14,7 +14,12 @@ folder; stopped by pid at the end) and (1-4 are experiment/bandits.py, which ban
 4. repeats both over ``--repeats`` shuffles of the rows, in process (the same router classes,
    no HTTP) to measure the bias of each arm's mean-reward estimate, which one replay cannot show:
    an adaptive allocation stops sampling an arm after a few unlucky rewards, so its mean is
-   biased low; the A/B test's is not;
+   biased low; the A/B test's is not. The same runs give each policy's distribution, not just
+   its mean: the share of runs stuck on the worse arm (less than half of the second half to the
+   better one) and the mean regret of the worst tenth of runs, for the router's Thompson
+   posterior (student-t) and the two it replaced or stands beside (plug-in gaussian, beta);
+   ``seeds`` repeats the Thompson posteriors on the replay's own order over ``--repeats`` router
+   seeds, since the live run is one such draw;
 5. measures what the router adds per request: sequential predictions through the bandit's
    ingress (gateway -> router -> arm) against a second gateway serving serving/model-a-b.yaml in
    front of the same two model servers (gateway -> arm), interleaved, p50 of each; and, in the
@@ -175,8 +180,35 @@ def readme_block(result: dict) -> str:
             f"gateway to the same model servers, {latency['requests']:,} sequential requests each; "
             f"goal <= 0.3 ms: {goal('router_added_p50_ms')}). {floor(latency)} Every reward reached the "
             f"router exactly once: {counted} (its counts {result['router_state']['n']}).",
+            "",
+            robust_table(result),
         ]
     )
+
+
+def robust_table(result: dict) -> str:
+    """The Thompson posteriors' distributions over runs (serving/routers/thompson.py says why the
+    router's is the student-t): a Markdown table."""
+    better = result["arms"][result["better_arm_index"]]
+    lines = [
+        f"Not every run learns: a run is *stuck* when it sends less than half of its second half to "
+        f"{better}. Each posterior over {result['repeats']} shuffles of the rows and, on the replay's "
+        f"order, over {result['repeats']} router seeds (in process, the same router classes):",
+        "",
+        "| Thompson posterior | runs | 2nd half to the better arm (mean) | stuck runs | runs below 80% "
+        "| regret: mean | regret: worst tenth of runs (mean) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    names = {"Thompson": "**student-t** (the router's)", "Thompson (gaussian)": "gaussian, plug-in variance"}
+    names["Thompson (beta)"] = "beta (Bernoulli trick)"
+    for runs, where in ((result["bias"], "shuffles"), (result["seeds"], "router seeds")):
+        for name, label in names.items():
+            o = runs[name]
+            lines.append(
+                f"| {label} | {where} | {o['second_half_share_mean']:.1%} | {o['stuck_share']:.1%} "
+                f"| {o['below_goal_share']:.1%} | {o['regret_mean']:.1f} | {o['regret_worst_decile']:.1f} |"
+            )
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -245,6 +277,7 @@ def main(argv=None) -> int:
             **bandits.compare(rewards, live, ab_arms),
             "router_state": {"n": state["n"], "routed": state["routed"]},
             "bias": bandits.bias(rewards, args.repeats, args.seed),
+            "seeds": bandits.seeds(rewards, args.repeats, args.seed),
             "latency": timing,
         }
         # every reward reached the router exactly once

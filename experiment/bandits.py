@@ -7,13 +7,16 @@ What bench/bandit.py and the bandit notebook (bandits.ipynb) both call::
     ab_arms = bandits.ab_assignment(len(rows), seed)                       # a seeded 50/50 coin
     result = bandits.compare(rewards, live, ab_arms)
     result["bias"] = bandits.bias(rewards, repeats, seed)                  # in process, shuffled
+    result["seeds"] = bandits.seeds(rewards, repeats, seed)                # this order, router seeds
     bandits.figure(result, live, rewards, ab_arms)
 
 Regret needs each row's reward under both arms, so every arm answers every row once (the
 counterfactual); the live replay's rewards are the chosen arm's. One replay cannot show the bias of
 each arm's mean-reward estimate under an adaptive allocation (the bandit stops sampling an arm after
 a few unlucky rewards, so its mean comes out low): ``bias`` repeats both policies over shuffles of
-the rows with the same router classes in process, no HTTP.
+the rows with the same router classes in process, no HTTP. Nor can it show how often a policy gets
+stuck on the worse arm: ``bias`` and ``seeds`` (the Thompson posteriors on this order, over router
+seeds) keep each policy's distribution over runs, not just its mean.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 
 ARMS = ("model-a", "model-b")  # the bandit's children, in order (serving/model-bandit.yaml)
 WINDOW = 100  # requests per point of the share-of-traffic curve
+STUCK, GOAL = 0.5, 0.8  # a run is stuck below STUCK of its second half to the better arm; the goal
 
 
 def counterfactual(model_urls: dict[str, str], rows) -> np.ndarray:
@@ -173,39 +177,103 @@ def simulate(router, rewards: np.ndarray, order: np.ndarray) -> tuple[np.ndarray
     return arms, rewards[order, arms]
 
 
-def bias(rewards: np.ndarray, repeats: int, seed: int) -> dict:
-    """Mean error of each arm's mean-reward estimate over ``repeats`` shuffles, per policy."""
+def policies() -> dict:
+    """The policies the in-process runs compare: name -> router factory (None: the A/B test's coin).
+    "Thompson" is the router's default posterior (serving/routers/thompson.py), the live one."""
     from serving.routers import EpsilonGreedy, ThompsonSampling
 
     logging.getLogger("serving.routers.bandit").setLevel(logging.ERROR)  # "state in memory only": yes
-    truth = rewards.mean(axis=0)
-    rng = np.random.default_rng(seed)
-    policies = {
+
+    def thompson(**posterior):
+        return lambda s: ThompsonSampling(n_branches=2, seed=s, state_file="", **posterior)
+
+    return {
         "A/B 50/50": None,
-        "Thompson": lambda s: ThompsonSampling(n_branches=2, seed=s, state_file=""),
+        "Thompson": thompson(),
+        "Thompson (gaussian)": thompson(posterior="gaussian"),
+        "Thompson (beta)": thompson(posterior="beta"),
         "epsilon-greedy": lambda s: EpsilonGreedy(n_branches=2, seed=s, epsilon=0.1, state_file=""),
     }
-    errors = {name: [] for name in policies}
-    shares = {name: [] for name in policies}
+
+
+def outcomes(shares: list[float], regrets: list[float]) -> dict:
+    """The distribution over runs, not just its mean: stuck runs and the worst tenth's regret."""
+    shares, regrets = np.asarray(shares), np.sort(regrets)
+    return {
+        "second_half_share_mean": float(shares.mean()),
+        "stuck_share": float((shares < STUCK).mean()),
+        "below_goal_share": float((shares < GOAL).mean()),
+        "regret_mean": float(regrets.mean()),
+        "regret_worst_decile": float(regrets[-max(1, len(regrets) // 10) :].mean()),
+        "regret_max": float(regrets[-1]),
+        "regrets": np.round(regrets, 3).tolist(),  # sorted: the figure's boxes
+    }
+
+
+def bias(rewards: np.ndarray, repeats: int, seed: int) -> dict:
+    """Every policy over ``repeats`` shuffles of the rows: the mean error of each arm's mean-reward
+    estimate, and the distribution of the second half's share to the better arm and of regret."""
+    truth = rewards.mean(axis=0)
+    better = int(np.argmax(truth))
+    makers = policies()
+    rng = np.random.default_rng(seed)
+    errors, shares, regrets = ({name: [] for name in makers} for _ in range(3))
     for r in range(repeats):
         order = rng.permutation(len(rewards))
-        for name, make in policies.items():
+        for name, make in makers.items():
             if make is None:
                 arms = np.random.default_rng([seed, r]).integers(0, 2, len(order))
                 got = rewards[order, arms]
             else:
                 arms, got = simulate(make(seed * 1_000_003 + r), rewards, order)
             errors[name].append(np.array(estimates(arms, got)) - truth)
-            shares[name].append(float((arms[len(arms) // 2 :] == np.argmax(truth)).mean()))
+            shares[name].append(float((arms[len(arms) // 2 :] == better).mean()))
+            regrets[name].append(float((rewards[order, better] - got).sum()))
     out = {}
     for name, errs in errors.items():
         errs = np.array(errs)
         out[name] = {
             "bias": np.nanmean(errs, axis=0).tolist(),
             "bias_se": (np.nanstd(errs, axis=0) / np.sqrt(np.sum(~np.isnan(errs), axis=0))).tolist(),
-            "second_half_share_mean": float(np.mean(shares[name])),
+            **outcomes(shares[name], regrets[name]),
         }
     return out
+
+
+def seeds(rewards: np.ndarray, repeats: int, seed: int) -> dict:
+    """Each Thompson posterior on the rows' own order (the live replay's) over ``repeats`` router
+    seeds: the live run is one of these draws, and one draw can be an unlucky one."""
+    better = int(np.argmax(rewards.mean(axis=0)))
+    out = {}
+    for name, make in policies().items():
+        if name.startswith("Thompson"):
+            runs = [
+                simulate(make(seed * 1_000_003 + r), rewards, np.arange(len(rewards))) for r in range(repeats)
+            ]
+            out[name] = outcomes(
+                [float((arms[len(arms) // 2 :] == better).mean()) for arms, _ in runs],
+                [float((rewards[:, better] - got).sum()) for _, got in runs],
+            )
+    return out
+
+
+def robustness(result: dict):
+    """The Thompson posteriors' distributions over runs, shuffled rows and the replay's order (a table)."""
+    import pandas as pd
+
+    table = {}
+    for where, runs in (("shuffles", result["bias"]), ("replay order, router seeds", result["seeds"])):
+        for name in result["seeds"]:
+            o = runs[name]
+            table[(where, name)] = {
+                "2nd half to better (mean)": o["second_half_share_mean"],
+                f"runs < {STUCK:.0%} (stuck)": o["stuck_share"],
+                f"runs < {GOAL:.0%}": o["below_goal_share"],
+                "regret mean": o["regret_mean"],
+                "regret, worst 10% (mean)": o["regret_worst_decile"],
+                "regret max": o["regret_max"],
+            }
+    return pd.DataFrame(table).T
 
 
 def summary(result: dict) -> str:
@@ -223,6 +291,28 @@ def summary(result: dict) -> str:
         f"reward by {bias['Thompson']['bias'][worse]:+.4f} on average "
         f"(± {1.96 * bias['Thompson']['bias_se'][worse]:.4f}), the A/B test by "
         f"{bias['A/B 50/50']['bias'][worse]:+.4f} (± {1.96 * bias['A/B 50/50']['bias_se'][worse]:.4f})."
+        + robust_sentence(result)
+    )
+
+
+def robust_sentence(result: dict) -> str:
+    """How often each Thompson posterior got stuck, and its worst tenth of runs, in words."""
+    labels = {"Thompson": "the router's student-t", "Thompson (gaussian)": "a plug-in gaussian"}
+    labels["Thompson (beta)"] = "the Beta-Bernoulli trick"
+
+    def listed(runs: dict) -> str:
+        return "; ".join(
+            f"{label}: {runs[name]['stuck_share']:.1%} stuck, worst tenth "
+            f"{runs[name]['regret_worst_decile']:.1f}"
+            for name, label in labels.items()
+        )
+
+    return (
+        f" Not every run learns. Counting a run as stuck when it sends less than {STUCK:.0%} of its "
+        f"second half to {result['arms'][result['better_arm_index']]}, and giving the mean regret of the "
+        f"worst tenth of runs, over the {result['repeats']} shuffles: {listed(result['bias'])} (the A/B "
+        f"test's worst tenth: {result['bias']['A/B 50/50']['regret_worst_decile']:.1f}). On this order, "
+        f"over {result['repeats']} router seeds: {listed(result['seeds'])}."
     )
 
 
@@ -234,8 +324,8 @@ def figure(result: dict, live: dict, rewards: np.ndarray, ab_arms: np.ndarray):
     better = result["better_arm_index"]
     rows = np.arange(1, len(live["arms"]) + 1)
     ab_got = rewards[np.arange(len(ab_arms)), ab_arms]
-    fig = Figure(figsize=(11, 7.5))
-    axes = fig.subplots(2, 2)
+    fig = Figure(figsize=(16, 8.5))
+    axes = fig.subplots(2, 3)
     ax = axes[0, 0]
     # the running mean separates the lines that the raw sums (in the legend) draw on top of each other
     for label, got, style in (
@@ -258,7 +348,7 @@ def figure(result: dict, live: dict, rewards: np.ndarray, ab_arms: np.ndarray):
     ax.plot(rows, np.cumsum(rewards[:, better] - ab_got), label="A/B test")
     ax.set(title=f"Regret against always {ARMS[better]}", xlabel="requests", ylabel="cumulative regret")
     ax.legend(fontsize=8)
-    ax = axes[1, 0]
+    ax = axes[0, 2]
     window = min(WINDOW, len(rows))
     for label, arms in (("bandit", live["arms"]), ("A/B test", ab_arms)):
         share = np.convolve(arms == better, np.ones(window) / window, mode="valid")
@@ -272,8 +362,8 @@ def figure(result: dict, live: dict, rewards: np.ndarray, ab_arms: np.ndarray):
         ylim=(0, 1.02),
     )
     ax.legend(fontsize=8)
-    ax = axes[1, 1]
-    policies = list(result["bias"])
+    ax = axes[1, 0]
+    policies = ["A/B 50/50", "Thompson", "epsilon-greedy"]
     width = 0.8 / len(ARMS)
     for j, arm in enumerate(ARMS):
         values = [result["bias"][p]["bias"][j] for p in policies]
@@ -286,6 +376,21 @@ def figure(result: dict, live: dict, rewards: np.ndarray, ab_arms: np.ndarray):
         ylabel="estimate - true mean (95% CI)",
     )
     ax.legend(fontsize=8)
+    names = {"A/B 50/50": "A/B", "Thompson": "student-t\n(router)", "epsilon-greedy": "eps-greedy"}
+    names |= {"Thompson (gaussian)": "gaussian", "Thompson (beta)": "beta"}
+    for ax, runs, where in (
+        (axes[1, 1], result["bias"], f"{result['repeats']} shuffles of the rows"),
+        (axes[1, 2], result["seeds"], f"this order, {result['repeats']} router seeds"),
+    ):
+        # whiskers at the 5th and 95th percentiles, the rest as points: the stuck runs are the outliers
+        ax.boxplot([runs[p]["regrets"] for p in runs], whis=(5, 95), flierprops={"markersize": 3})
+        ticks = [
+            names[p] + ("" if p == "A/B 50/50" else f"\n{runs[p]['stuck_share']:.1%} stuck") for p in runs
+        ]
+        ax.set_xticks(np.arange(1, len(runs) + 1), ticks, fontsize=8)
+        ax.set(title=f"Regret per run, {where}", ylabel="regret against always the better arm")
+    axes[1, 2].scatter([1], [result["regret"]["bandit"]], color="red", zorder=3, label="the live run")
+    axes[1, 2].legend(fontsize=8)
     regret, worse = result["regret"], 1 - better
     earns = "the bandit" if regret["bandit"] < regret["ab"] else "the A/B test"
     fig.suptitle(
