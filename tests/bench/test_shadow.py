@@ -7,6 +7,7 @@ results go to a temporary file. No timing goal is asserted here (bench/ prints t
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import signal
@@ -49,7 +50,10 @@ def finite(value) -> bool:
 
 def check_result(result: dict) -> None:
     """What every run must hold, whatever its size: the numbers are computed and consistent."""
+    from bench.load import closed_loop
     from bench.shadow import WARMUP
+
+    warmup_per_run = inspect.signature(closed_loop).parameters["warmup"].default
 
     latency = result["latency"]
     for name in ("with_shadow", "without_shadow", "without_shadow_or_logging"):
@@ -63,13 +67,27 @@ def check_result(result: dict) -> None:
     )
     assert len(latency["shadow_added_p50_ms_by_fifth"]) == 5
     assert all(finite(v) and v >= 0 for v in latency["cpu_us_per_round"].values())
-    # every prediction through the stack's ingress was mirrored (replay + latency rounds), none lost
+    concurrent = result["concurrent"]
+    for name in ("with_shadow", "without_shadow"):
+        assert concurrent[name]["p50_ms"] > 0 and concurrent[name]["rps"] > 0, (name, concurrent[name])
+        assert concurrent[name]["concurrency"] == concurrent["callers"] == 4
+    assert concurrent["shadow_added_p50_ms"] == pytest.approx(
+        concurrent["with_shadow"]["p50_ms"] - concurrent["without_shadow"]["p50_ms"]
+    )
+    assert concurrent["throughput_ratio"] == pytest.approx(
+        concurrent["with_shadow"]["rps"] / concurrent["without_shadow"]["rps"]
+    )
+    # every prediction was mirrored or its skip counted (a shadow that cannot keep up loses mirrors,
+    # as with Istio): in the replay, the latency rounds and the concurrent runs
     replay, mirrors = result["replay"], result["mirrors"]
-    requests = latency["with_shadow"]["requests"]
-    assert mirrors["mirrored"] + mirrors["skipped"] == replay["rows"] + requests + WARMUP
-    # every replayed row answered, and the shadow's logged answer joined to it by request id
-    assert replay["errors"] == 0 and replay["paired_rows"] == replay["rows"]
-    assert replay["unpaired_main_only"] == 0
+    assert mirrors["replay"]["mirrored"] + mirrors["replay"]["skipped"] == replay["rows"]
+    rounds = latency["with_shadow"]["requests"] + WARMUP
+    assert mirrors["latency"]["mirrored"] + mirrors["latency"]["skipped"] == rounds
+    runs = concurrent["rounds"] * (concurrent["requests_per_run"] + warmup_per_run)
+    assert mirrors["concurrent"]["mirrored"] + mirrors["concurrent"]["skipped"] == runs
+    # every replayed row answered; a row whose mirror was skipped has no shadow answer to pair with
+    assert replay["errors"] == 0 and replay["paired_rows"] + replay["unpaired_main_only"] == replay["rows"]
+    assert replay["unpaired_main_only"] >= mirrors["replay"]["skipped"] and replay["paired_rows"] > 0
     sizes = result["required_requests"]
     assert 0 < sizes["paired"] < sizes["ab_total"] == pytest.approx(2 * sizes["ab_per_arm"])
     assert result["ab_over_paired_requests"] == pytest.approx(sizes["ab_total"] / sizes["paired"])
@@ -86,11 +104,13 @@ def test_the_shadow_benchmark_runs_on_the_local_stack(trained_arms, tracking_sto
     committed_before = COMMITTED.read_bytes() if COMMITTED.exists() else None
     out = tmp_path / "shadow.json"
     args = ["--rows", str(ROWS), "--latency-requests", str(REQUESTS), "--simulations", str(SIMULATIONS)]
+    args += ["--concurrent-rounds", "1"]
     run = run_shadow([*args, "--tracking-uri", tracking_store, "--out", str(out)], timeout=300)
     assert run.returncode == 0, run.stdout[-3000:]
     result = json.loads(out.read_text())
     assert result["replay"]["rows"] == ROWS and result["latency"]["with_shadow"]["requests"] == REQUESTS
     assert result["measured_power_at_those_sizes"]["simulations"] == SIMULATIONS
+    assert result["concurrent"]["rounds"] == 1
     check_result(result)
     assert "goals:" in run.stdout
     assert (COMMITTED.read_bytes() if COMMITTED.exists() else None) == committed_before

@@ -260,3 +260,13 @@ def test_a_dead_shadow_changes_nothing_for_the_callers_feedback(tmp_path):
     assert [status for _, status, _ in seen["fed"]] == [200] * 10
     assert len(seen["main_feedback"]) == 10
     assert server_count(seen["metrics"], "model-a", "503", "feedback") >= 10
+
+
+def test_mirrors_waiting_on_a_slow_shadow_never_hold_the_callers_connections(tmp_path):
+    """As many mirrors in flight as the bound allows (each holding a connection to the shadow for
+    2 s) must leave the callers' upstream connections free: no caller waits for the shadow."""
+    bound = GatewayConfig(manifest="", upstreams={}, predictor_ports={}).shadow_max_in_flight
+    seen = run_gateway(tmp_path, bound + 40, shadow="slow", max_in_flight=bound)
+    assert {status for _, status, _, _ in seen["answers"]} == {200}
+    assert seen["status"]["shadow"]["mirrored"] == bound and seen["status"]["shadow"]["skipped"] == 40
+    assert max(seconds for *_, seconds in seen["answers"]) < 1.0  # the shadow takes 2 s each
