@@ -29,6 +29,7 @@ import numpy as np
 
 ARMS = ("model-a", "model-b")  # the bandit's children, in order (serving/model-bandit.yaml)
 WINDOW = 100  # requests per point of the share-of-traffic curve
+LABELS = {"Thompson": "Thompson (student-t: the router's)"}  # the default posterior, by name
 STUCK, GOAL = 0.5, 0.8  # a run is stuck below STUCK of its second half to the better arm; the goal
 
 
@@ -265,7 +266,7 @@ def robustness(result: dict):
     for where, runs in (("shuffles", result["bias"]), ("replay order, router seeds", result["seeds"])):
         for name in result["seeds"]:
             o = runs[name]
-            table[(where, name)] = {
+            table[(where, LABELS.get(name, name))] = {
                 "2nd half to better (mean)": o["second_half_share_mean"],
                 f"runs < {STUCK:.0%} (stuck)": o["stuck_share"],
                 f"runs < {GOAL:.0%}": o["below_goal_share"],
@@ -370,7 +371,7 @@ def figure(result: dict, live: dict, rewards: np.ndarray, ab_arms: np.ndarray):
         errs = [1.96 * result["bias"][p]["bias_se"][j] for p in policies]
         ax.bar(np.arange(len(policies)) + (j - 0.5) * width, values, width, yerr=errs, capsize=3, label=arm)
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(np.arange(len(policies)), policies)
+    ax.set_xticks(np.arange(len(policies)), [p.replace("Thompson", "Thompson (student-t)") for p in policies])
     ax.set(
         title=f"Bias of each arm's mean-reward estimate ({result['repeats']} shuffles)",
         ylabel="estimate - true mean (95% CI)",
