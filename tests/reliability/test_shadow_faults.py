@@ -33,7 +33,8 @@ pytestmark = [pytest.mark.stack, pytest.mark.slow]
 ROWS, RATE = 400, 50  # 8 s of replay at 50 rows/s (100 caller requests/s); the fault 2 s in
 FAULT_AFTER = 2.0
 # events per row: model-b's request, response and feedback (feedback.py sends it to model-b's own
-# port, which logs it), model-a's request and response (the mirror); predictions only are mirrored
+# port, which logs it), model-a's request and response (the mirror); feedback to an arm's own port
+# is not mirrored (only the ingress's is)
 EVENTS_PER_ROW = 5
 
 
