@@ -123,12 +123,13 @@ bandits.learning(live, better).round(3)
 # The same rows in the same order, each to an arm by a seeded fair coin — what the 50/50 split of
 # `serving/model-a-b.yaml` does — with each row's reward from the arm the coin chose. One replay
 # shows what each policy earns; the bias of each arm's estimate needs many: both policies run
-# again over shuffles of the rows, with the same router class in process.
+# again over shuffles of the rows, with the same router classes in process.
 
 # %%
 ab_arms = bandits.ab_assignment(len(rows), SEED)
 result = {"repeats": REPEATS, **bandits.compare(rewards, live, ab_arms)}
 result["bias"] = bandits.bias(rewards, REPEATS, SEED)
+result["seeds"] = bandits.seeds(rewards, REPEATS, SEED)
 pd.DataFrame(
     {
         "cumulative reward": [result["cumulative_reward"][k] for k in ("bandit", "ab", "always_better")],
@@ -141,6 +142,17 @@ pd.DataFrame(
     },
     index=["bandit (Thompson, live)", "A/B test 50/50", f"always {result['better_arm']}"],
 ).round(3)
+
+# %% [markdown]
+# One run is one draw. A bandit can also get stuck: a few unlucky early rewards make the better
+# arm look worse, and a posterior that is sure of itself too early stops trying it. So each
+# Thompson posterior the router offers also runs over the shuffles and, on this very order, over
+# many router seeds: the router's default (a Student-t posterior, `serving/routers/thompson.py`
+# says why), the plug-in gaussian it replaced, and the Beta-Bernoulli trick. The distribution
+# matters, not just the mean: how many runs got stuck, and what the worst tenth of runs lost.
+
+# %%
+bandits.robustness(result).round(3)
 
 # %% [markdown]
 # ## 4. One figure
