@@ -37,12 +37,18 @@ every test starts its own local stack on free loopback ports and stops it by pid
   after the reward had been counted), now fixed in `serving/` and kept as explicit examples.
 - **`kill -9` of a model server under load** (the whole process group, as a container kill):
   the supervisor restarts it; every row of feedback.py's log is served and its feedback accepted
-  (a 503 while the arm is down is retried); the verdict's per-arm counts equal the log's; the
-  executor's `seldon_api_executor_server_requests_seconds_count{service="feedback",code="200"}`
+  (a 503 while the arm is down or not yet ready is retried: the gateway holds calls back until the
+  restarted server's readiness probe answers, so never a 504); the verdict's per-arm counts equal
+  the log's; the executor's `seldon_api_executor_server_requests_seconds_count{service="feedback",code="200"}`
   (in the gateway, which survives) equals the log exactly; and the killed arm's
   `seldon_api_model_feedback_total`, summed per series from raw samples, misses exactly the
   feedback its old process accepted after Prometheus's last scrape - asserted to lie inside the
   window computed from the log's timestamps, at most one 2 s scrape interval of traffic.
+- **`kill -9` of the gateway mid-replay** (all 1,960 hold-out rows, 8 in flight, killed after 300
+  feedback): the supervisor restarts it; every row is predicted and its feedback accepted. A
+  feedback the kill cut off after it was sent is resent with its prediction's `Seldon-Puid`, which
+  the model server counts once (it remembers the last 65,536 ids), so each model server's
+  `seldon_api_model_feedback_total` equals the log exactly per arm.
 - **`kill -9` of Prometheus under load**: restarted, its TSDB still holds the samples from before
   the kill, and since counters are cumulative at their source every per-arm total is exact.
 - **8 concurrent feedback clients** on the arms' endpoints: Prometheus counts exactly what was
