@@ -14,9 +14,10 @@
 # %% [markdown]
 # # A/B testing MLflow models with Seldon Core — on any laptop, with a verdict you can trust
 #
-# We train two models with [MLflow](https://mlflow.org), serve them side by side as an A/B test
-# with [Seldon Core](https://github.com/SeldonIO/seldon-core) v1, replay production-like traffic
-# with reward feedback, and decide **with numbers** which model wins — then promote it.
+# We train two models with [MLflow](https://mlflow.org) and release the new one the way careful
+# teams do, with [Seldon Core](https://github.com/SeldonIO/seldon-core) v1: first as a **shadow**
+# of the champion (it answers a mirror of the live traffic, nobody sees its answers), then as an
+# **A/B test** with reward feedback, deciding **with numbers** which model wins — then **promotion**.
 #
 # This follows Seldon's own MLflow A/B example, with three differences:
 #
@@ -27,8 +28,9 @@
 # * **Rewards reach the right model.** Feedback sent to the ingress is split at random, like
 #   predictions, so each arm's reward mixes both models. We send each reward to the arm that
 #   served the prediction, and measure what the other way gets wrong.
-# * **A verdict with confidence.** Instead of eyeballing a dashboard: per-arm means with
-#   confidence intervals, a test of the difference, and how many requests the test needed.
+# * **A verdict with confidence.** Instead of eyeballing a dashboard: a paired test of the
+#   shadow's answers against the champion's, then a planned, monitored A/B test that stops when
+#   the evidence is in, with a sample-ratio check and guardrails.
 #
 # Every number in the prose below is computed by this run.
 
@@ -38,7 +40,10 @@ REPLAY_LIMIT = None  # None replays every hold-out row
 REPLAY_RATE = 150  # rows per second, a steady production-like pace (None: as fast as possible)
 CONCURRENCY = 8  # replay requests in flight
 PORT = 8003  # the local ingress port (0: any free port)
-MANIFEST = "serving/model-a-b.yaml"  # the SeldonDeployment: the contract for both targets
+MANIFEST = "serving/model-a-b.yaml"  # the A/B test's SeldonDeployment: the contract for both targets
+SHADOW_MANIFEST = "serving/model-shadow.yaml"  # the same deployment, the challenger as a shadow
+SHADOW_ROWS = 300  # rows for the shadow period: the last of the replay order (the A/B test gets the rest)
+SHADOW_RATE = 150  # rows per second in the shadow period: a pace the shadow keeps up with (see step 5)
 STATE_DIR = ".stack"  # the local stack's pids, logs and Prometheus data
 WORK_DIR = "runs"  # the working copy of the manifest and the feedback logs
 IMAGES = "images"  # where the figures are saved
@@ -50,6 +55,10 @@ NAMESPACE = "seldon"  # created if missing, with the storage Secret in it
 STORAGE = "s3"  # rclone Secret from your credentials: s3, s3-iam, minio, gcs (None: a public gs://)
 INGRESS = "127.0.0.1:8080"  # kubectl port-forward -n istio-system svc/istio-ingressgateway 8080:80
 PROMETHEUS = "http://127.0.0.1:9090"  # kubectl port-forward -n monitoring svc/prometheus-operated 9090
+LOGGER_URL = (
+    None  # where the executors post their CloudEvents: a request-logger sink they reach (docs/cluster.md)
+)
+REQUEST_LOGS = None  # the folder on this machine where that sink writes (a shared volume); None: no pairing
 
 # %% [markdown]
 # ## Prerequisites
@@ -72,7 +81,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-from IPython.display import Markdown, display
+from IPython.display import Image, Markdown, display
 
 import experiment
 import feedback
@@ -183,50 +192,69 @@ else:
     print("local target: the model servers read models:/ URIs from the registry, nothing to copy")
 
 # %% [markdown]
-# ## 3. Serve them as an A/B test
+# ## 3. Serve the champion, with the challenger as its shadow
 #
-# One SeldonDeployment, two predictors, `traffic: 50` each. Their graph nodes have different
-# names: the Python wrapper puts `meta.requestPath = {<node name>: <image>}` in every response,
-# which tells a client which arm answered.
+# A release starts with a shadow. One SeldonDeployment, `wines-classifier`, has the two arms as
+# predictors: the champion — the model in production — at `traffic: 100`, and the challenger
+# with `shadow: true`. Istio's mirror (here the gateway) sends the shadow a copy of every request;
+# its answers are thrown away, so callers only ever see the champion's. Both graph nodes carry
+# Seldon's request `logger`: each executor posts every request and response to the logger's URL
+# as a CloudEvent, where a request-logger sink stores them — which is how the shadow's answers
+# can be judged at all. The nodes have different names: the Python wrapper puts
+# `meta.requestPath = {<node name>: <image>}` in every response, which names the arm that answered.
 
 # %%
-print(open(MANIFEST).read())
+print(open(SHADOW_MANIFEST).read())
 
 # %% [markdown]
 # Locally, `serving.local` reads that YAML, checks it (the project's own schema for the
-# SeldonDeployments it accepts, plus what a schema cannot say: traffic adds up to 100, unique
-# names, a known server, resolvable model URIs), and starts per predictor a real `seldon-core`
-# microservice serving the MLflow model, the gateway at the ingress path
+# SeldonDeployments it accepts, plus what a schema cannot say: the operator's rules for traffic
+# and shadows, unique names, a known server, resolvable model URIs), and starts per predictor a
+# real `seldon-core` microservice serving the MLflow model, the gateway at the ingress path
 # `/seldon/<namespace>/<name>/api/v1.0/…`, one endpoint per predictor like the
-# `<sdep>-<predictor>` Services the operator creates, and Prometheus.
+# `<sdep>-<predictor>` Services the operator creates, the request-logger sink the logger URL
+# names, and Prometheus. On a cluster the executors must post to a sink they can reach
+# (`LOGGER_URL`, docs/cluster.md), and the notebook reads its files from `REQUEST_LOGS`.
 #
-# We serve a working copy of the manifest, so that promotion (step 8) edits that copy and the
-# committed file stays at 50/50.
+# We serve working copies of the manifests, so that promotion (step 9) edits a copy and the
+# committed files stay as they are.
 
 # %%
-manifest = Path(WORK_DIR) / "model-a-b.yaml"
-manifest.parent.mkdir(parents=True, exist_ok=True)
-manifest.write_text(Path(MANIFEST).read_text())
+from experiment.shadow_run import (
+    ab_limit,
+    next_period,
+    run_shadow,
+    shadow_roles,
+    shadow_rows,
+    with_logger_url,
+)
+
+shadow_manifest = with_logger_url(SHADOW_MANIFEST, Path(WORK_DIR) / "model-shadow.yaml", LOGGER_URL)
+CONTROL, CHALLENGER = shadow_roles(shadow_manifest)  # the champion serves; the challenger is its shadow
 
 if TARGET == "local":
     from serving.local import LocalStack
     from serving.prometheus import SCRAPE_INTERVAL_SECONDS
 
-    stack = LocalStack.up(manifest, port=PORT, state_dir=STATE_DIR, replace=True)  # replaces a leftover stack
-    manifest = stack.manifest_path  # the stack's own copy: promotion edits it, the gateway applies it
+    stack = LocalStack.up(
+        shadow_manifest, port=PORT, state_dir=STATE_DIR, replace=True
+    )  # replaces a leftover
     endpoints = feedback.Endpoints.local(STATE_DIR)
+    request_logs = Path(STATE_DIR) / "request-logs"  # where the stack's sink writes
     prometheus_url = stack.prometheus_url
     scrape_interval = SCRAPE_INTERVAL or SCRAPE_INTERVAL_SECONDS  # the stack's Prometheus
 else:  # the same file, rendered with bucket URIs, applied with the Kubernetes client (= kubectl apply -f)
     print(cluster.prepare())  # the namespace, and the storage Secret in it (from this shell's credentials)
-    cluster.deploy(manifest)  # render the working copy for the cluster, create or replace, wait
+    cluster.deploy(shadow_manifest)  # render the working copy for the cluster, create or replace, wait
     endpoints = cluster.connect()  # port-forward each arm's Service; returns once every one answers
+    request_logs = Path(REQUEST_LOGS) if REQUEST_LOGS else None
     prometheus_url, scrape_interval = cluster.prometheus, cluster.scrape_interval
 print(
     f"ingress: http://{endpoints.gateway}/seldon/{endpoints.namespace}/{endpoints.deployment}/api/v1.0/predictions"
 )
 for name, address in endpoints.predictors.items():
-    print(f"{name}: http://{address}/api/v1.0/predictions")
+    role = "the shadow" if name == CHALLENGER else "the champion"
+    print(f"{name} ({role}): http://{address}/api/v1.0/predictions")
 
 # %% [markdown]
 # ## 4. Test a prediction
@@ -243,7 +271,8 @@ os.environ["PREDICTIONS"] = endpoints.predictions_url
 #     $PREDICTIONS
 
 # %% [markdown]
-# And with Seldon's Python client, sending named features. `meta.requestPath` names the arm:
+# And with Seldon's Python client, sending named features. `meta.requestPath` names the arm that
+# answered — the champion, whatever the shadow does:
 
 # %%
 from seldon_core.seldon_client import SeldonClient
@@ -266,7 +295,7 @@ print(answer.response)
 #     -d '{"data": {"ndarray": [[7.0, 0.27]]}}' $PREDICTIONS
 
 # %% [markdown]
-# ## 5. Plan the experiment, then replay traffic until the test decides
+# ## 5. Shadow the challenger: both models on the same requests
 #
 # The held-out rows stand in for production traffic: the models never trained on them. For each
 # row, `feedback.py` predicts through the ingress, reads the serving arm from `meta.requestPath`,
@@ -275,19 +304,156 @@ print(answer.response)
 # original example's `1 / (y − ŷ)²` is unbounded, so one lucky guess dominates an average
 # (`feedback.reward` explains the choice).
 #
-# The sample size comes first, from the training rows only: each arm's registered parameters,
-# cross-validated there, give the effect to expect and how many requests a one-look test would
-# need. `model-b` is the champion, `model-a` the candidate. We plan for 95% power rather than the
-# customary 80%: the hold-out has traffic enough, and a lower power target makes the futility
-# boundary give up on a real difference more often, whenever the first few hundred rows happen to
-# show a small effect.
+# The plan comes first, from the training rows only, before any traffic: each arm's registered
+# parameters, cross-validated there, give the effect to expect and how many requests a one-look
+# test would need. We plan for 95% power rather than the customary 80%: the hold-out has traffic
+# enough, and a lower power target makes the A/B test's futility boundary give up on a real
+# difference more often, whenever the first few hundred rows happen to show a small effect.
 
 # %%
-CONTROL = "model-b"  # the champion; the other arm is the candidate
-plan = experiment.plan_experiment(manifest, control=CONTROL, power=0.95)
+ab_manifest = Path(WORK_DIR) / "model-a-b.yaml"  # the A/B step's working copy (step 6 applies it)
+ab_manifest.write_text(Path(MANIFEST).read_text())
+plan = experiment.plan_experiment(ab_manifest, control=CONTROL, power=0.95)
 print(plan)
 
 # %% [markdown]
+# The shadow period and the A/B test after it are two live periods, so they see different
+# requests: the shadow gets the last `SHADOW_ROWS` rows of the replay order, the A/B test the rows
+# before them. Reusing rows would bias the A/B test: a row's reward depends only on the row and the
+# model, so an A/B test on the rows where the shadow just saw the challenger win would re-measure
+# a sample chosen in the challenger's favour.
+#
+# The replay sends a fresh `Seldon-Puid` header with every request. Each executor makes its own
+# request id unless the caller sends one, so without it the champion's and the shadow's logged
+# events would share nothing; with it, every request pairs up by id.
+#
+# The mirror is fire and forget, as Istio's: the caller's answer never waits for the shadow, and
+# nothing slows the traffic down to the shadow's pace. A shadow slower than the traffic queues the
+# copies, and beyond a bound the gateway skips them (and counts them), so the shadow period runs at
+# `SHADOW_RATE`, a pace the shadow keeps up with on this machine next to the rest of the stack.
+
+# %%
+import time
+
+import requests
+
+if request_logs is not None:
+    shadowed = run_shadow(
+        endpoints,
+        shadow_rows(SHADOW_ROWS),
+        request_logs,
+        CHALLENGER,
+        rate=SHADOW_RATE,
+        concurrency=CONCURRENCY,
+        log_path=Path(WORK_DIR) / "feedback-shadow.csv",
+        effect=plan.mde,
+        power=plan.power,
+        design=plan.design,
+    )
+    print(shadowed.summary())
+    if TARGET == "local":  # the gateway counts its mirrors: those a busy shadow could not take are skipped
+        print(
+            "mirrors:", requests.get(f"http://{endpoints.gateway}/admin/status", timeout=5).json()["shadow"]
+        )
+else:  # a cluster without REQUEST_LOGS: the shadow answers, but its answers stay in the cluster's sink
+    shadowed = None
+    print(
+        "the shadow's answers are in the request-logger sink on the cluster; set REQUEST_LOGS to the folder "
+        "its files reach on this machine (docs/cluster.md) to pair them; going on to the A/B test"
+    )
+shadow_done = time.time()  # every answer of the shadow period is in: the A/B test counts from here
+
+# %%
+if shadowed is not None:
+    t, sizes, s = shadowed.test, shadowed.sizes, shadowed.sequential
+    level = round(100 * (1 - t.alpha))
+    stopped = (
+        f"reached its boundary after {s.stopped_at:,} of them ({s.decision})"
+        if s.stopped_at
+        else "had not reached its boundary"
+    )
+    text = (
+        f"On **{t.n:,}** requests both models answered, the challenger ({CHALLENGER}) earned more reward "
+        f"than the champion ({CONTROL}) on **{t.wins:,}** ({t.wins / t.n:.0%}) and less on {t.losses:,}: "
+        f"{CHALLENGER} − {CONTROL} = **{t.mean:+.3f}** in mean reward ({level}% interval {t.ci_low:+.3f} to "
+        f"{t.ci_high:+.3f}; paired t-test p = {t.p:.2g}). The always-valid sequential test on the same "
+        f"differences {stopped}. Both models answered the same wines, so the variation from wine to wine "
+        f"cancels: their rewards correlate at {sizes.correlation:.2f}, and the paired difference varies "
+        f"with a standard deviation of {sizes.sd_difference:.3f}, against {sizes.sd_main:.3f} and "
+        f"{sizes.sd_shadow:.3f} for each model's reward. To detect the planned effect ({sizes.effect:.3f}) "
+        f"with {sizes.power:.0%} power, the paired comparison needs **{sizes.paired:,.0f}** callers' "
+        f"requests (their mirrored copies cost the callers nothing), a 50/50 A/B test "
+        f"**{sizes.ab_total:,.0f}**: {sizes.ratio:.1f}× as many."
+    )
+else:
+    text = "The shadow's answers were not paired here (no `REQUEST_LOGS`)."
+display(Markdown(text))
+
+# %% [markdown]
+# Why not promote on that? The shadow measures how well the challenger predicts on live requests,
+# at no risk — but nobody acted on its answers. What callers do with a model's answers (the
+# online effect, the reward they send back) only shows once the challenger answers real callers:
+# the A/B test. The shadow has made that step safe to take, and says what effect to expect.
+#
+# The shadow period ends by applying the A/B manifest to the same SeldonDeployment: same name,
+# same predictors; each arm gets `traffic: 50`, the shadow flag and the loggers go:
+
+
+# %%
+def roles(path):
+    """Each predictor's traffic, shadow flag and logger, as the manifest says."""
+    predictors = yaml.safe_load(Path(path).read_text())["spec"]["predictors"]
+    return {
+        p["name"]: {
+            "traffic": p.get("traffic", 0),
+            "shadow": p.get("shadow", False),
+            "logged": "logger" in p["graph"],
+        }
+        for p in predictors
+    }
+
+
+pd.concat(
+    {
+        "shadow (step 5)": pd.DataFrame(roles(shadow_manifest)).T,
+        "A/B test": pd.DataFrame(roles(ab_manifest)).T,
+    },
+    axis=1,
+)
+
+# %% [markdown]
+# On a cluster that is `kubectl apply -f` of the A/B manifest: the operator turns Istio's mirror
+# into a weighted route and, since the executors' configuration changed (the loggers, the
+# shadow), rolls new pods. Locally the stack is started again with it, as new pods (a traffic
+# change alone is applied without a restart, as promotion does in step 9); its Prometheus starts
+# empty, so the A/B test counts from zero and its curves hold its own requests only — on a
+# cluster, whose Prometheus keeps the shadow period's series, the A/B test waits one dashboard
+# rate window (four scrapes) for them to leave the curves. Meanwhile: each hold-out request's
+# covariate for the A/B test's variance reduction (CUPED: the arms' predictions and a quality
+# model fitted on the training rows, nothing that depends on the traffic).
+
+# %%
+from experiment.arms import weights
+from experiment.monitored import covariate_table
+
+covariates = covariate_table(ab_manifest)  # per request: what CUPED adjusts with
+if TARGET == "local":
+    baseline = time.time()  # before the new stack's first scrape: its counters all start from 0 after it
+    stack = LocalStack.up(ab_manifest, port=PORT, state_dir=STATE_DIR, replace=True)
+    endpoints = feedback.Endpoints.local(STATE_DIR)
+    manifest = stack.manifest_path  # the stack's own copy: promotion edits it, the gateway applies it
+    prometheus_url = stack.prometheus_url
+else:
+    cluster.deploy(ab_manifest)  # create or replace, wait until Available
+    endpoints = cluster.connect()  # the arms' pods are new: forward to them afresh
+    manifest = ab_manifest
+    # the first scrape a rate window after the shadow period: all of its counts, none of the A/B test's
+    baseline = next_period(prometheus_url, shadow_done, scrape_interval)
+print(f"covariates for {len(covariates):,} requests; serving {weights(manifest)}")
+
+# %% [markdown]
+# ## 6. The A/B test: replay until the test decides
+#
 # Then the run, monitored: an always-valid sequential test (mSPRT, on rewards adjusted with
 # each arm's expected reward given the wine's features — CUPED) looks after every request and
 # stops the replay as soon as it decides — a winner, harm, or futility — or at the planned
@@ -296,14 +462,14 @@ print(plan)
 # Rows go out at a steady production-like pace (`REPLAY_RATE`), so the dashboard has curves.
 
 # %%
-baseline = experiment.wait_for_scrape(prometheus_url)  # Prometheus has read every counter: count from here
 result = experiment.run_monitored(
     endpoints,
     plan,
     manifest=manifest,
     state_dir=STATE_DIR,
     prometheus_url=prometheus_url,
-    limit=REPLAY_LIMIT,
+    covariates=covariates,
+    limit=ab_limit(SHADOW_ROWS, REPLAY_LIMIT),  # the rows before the shadow's
     rate=REPLAY_RATE,
     concurrency=CONCURRENCY,
     log_path=Path(WORK_DIR) / "feedback-arm.csv",
@@ -318,10 +484,10 @@ print(replay.summary())
 # `seldon_api_model_feedback_total` for the same arm — exactly, or this cell raises.
 
 # %%
-experiment.cross_check(replay.log, prometheus_url, since=baseline)
+experiment.cross_check(replay.log, prometheus_url, since=baseline, until=replay.finished)
 
 # %% [markdown]
-# ## 6. Analyse: where the test stopped, and why
+# ## 7. Analyse: where the test stopped, and why
 #
 # The always-valid interval of the difference and the test's evidence, request by request: the
 # run stops where the evidence crosses a boundary (the dotted line).
@@ -351,8 +517,7 @@ frames = experiment.figure_frames(
 )
 verdict = experiment.verdict(replay.log)
 for name, figure in experiment.figures(frames, verdict).items():
-    experiment.save(figure, name, IMAGES)
-    display(figure)
+    display(Image(experiment.save(figure, name, IMAGES)))  # the saved PNG: drawn once, not twice
 
 # %%
 test, stages = result.test, result.seconds
@@ -361,21 +526,28 @@ crossed = (
     f"the evidence crossed a boundary at request {test.look:,}" if test.look else "no boundary was crossed"
 )
 stopped = f"the run stopped at request {result.look:,}" if result.look else "the run used every row"
+ab_rows = ab_limit(SHADOW_ROWS, REPLAY_LIMIT)
 display(
     Markdown(
         f"**Verdict: {result.decision}.** The plan allowed at most {plan.design.n_max:,} requests per arm "
         f"(a one-look test needs {plan.n_fixed:,}); {crossed} ({test.n[test.control]:,} on {test.control}, "
-        f"{test.n[test.treatment]:,} on {test.treatment}) and {stopped} of {len(holdout_rows):,}: "
+        f"{test.n[test.treatment]:,} on {test.treatment}) and {stopped} of the {ab_rows:,} rows before "
+        "the shadow's: "
         f"{test.treatment} − {test.control} = {test.difference:+.3f} (always-valid "
         f"95% interval {low:+.3f} to {high:+.3f}, e-value {test.e_value:.3g}). "
         f"Split: {'; '.join(s.sentence for s in result.srm)}. "
         f"Guardrails: {', '.join(f'{r.name} {r.status}' for r in result.guardrails[test.treatment])}. "
         f"{result.gate.sentence}. The run and the decision took {sum(stages.values()):.1f} s."
+        + (
+            f" The shadow had measured {shadowed.test.mean:+.3f} on {shadowed.test.n:,} paired requests."
+            if shadowed is not None
+            else ""
+        )
     )
 )
 
 # %% [markdown]
-# ## 7. The flaw in feedback through the ingress, measured
+# ## 8. The flaw in feedback through the ingress, measured
 #
 # The original example posts feedback to the ingress. On a cluster, Istio's VirtualService has
 # one HTTP route with weighted destinations and no header override, so the feedback is split at
@@ -395,17 +567,22 @@ attributed = experiment.attribution(flawed.log)
 print(attributed.summary())
 
 # %%
-display(
-    Markdown(
+if flawed.log["arm"].nunique() > 1:
+    text = (
         f"Only **{attributed.fraction:.0%}** of the rewards reached the model that earned them; with "
-        f"feedback to each arm's own endpoint (step 5) it was "
+        f"feedback to each arm's own endpoint (step 6) it was "
         f"**{experiment.attribution(replay.log).fraction:.0%}**. A dashboard built on the mixed counters "
         "pulls both arms' mean rewards towards each other and hides the difference."
     )
-)
+else:  # a guardrail breach handed all the traffic back to the champion: one arm, nothing to mix up
+    text = (
+        f"Every request went to {flawed.log['arm'].iat[0]} (the rollback after the guardrail breach), so "
+        "here no reward could land on the wrong arm; with two arms in the split, about half would."
+    )
+display(Markdown(text))
 
 # %% [markdown]
-# ## 8. Promote the winner
+# ## 9. Promote the winner
 #
 # Promotion acts only when the experiment allows it: a sound split (no sample ratio mismatch),
 # every guardrail passed, and the sequential test's winner. Then it moves the registry alias
@@ -445,7 +622,7 @@ else:
 # On a cluster the same change is a `kubectl apply -f` of the promoted manifest, which the cell
 # before the check does with the Kubernetes client; Seldon's operator updates Istio's weights.
 #
-# ## 9. Clean up
+# ## 10. Clean up
 #
 # Stop every process the stack started (by process group); the tracking store and the logs in
 # `runs/` stay for `mlflow ui` and further analysis.

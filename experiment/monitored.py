@@ -168,6 +168,7 @@ def run_monitored(
         check_every,
         metrics_url=endpoints.ingress_url,
         on_breach=(lambda arm, results: rollback_to(control, state_dir)) if rollback else None,
+        final_config=config,
     )
     start = time.perf_counter()
     try:

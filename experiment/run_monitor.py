@@ -52,6 +52,7 @@ class RunMonitor:
         check_every: int = CHECK_EVERY,
         metrics_url: str | None = None,
         on_breach=None,
+        final_config: guardrails.GuardrailConfig | None = None,
     ):
         self.control, self.challengers = control, list(challengers)
         if not self.challengers or control in self.challengers:
@@ -71,6 +72,9 @@ class RunMonitor:
         if isinstance(covariates, pd.DataFrame):
             self.covariates = covariates.to_dict("index")
         self.config, self.check_every, self.on_breach = config, check_every, on_breach
+        # what decide() gates promotion with (the configured resamples); None: ``config``
+        self.final_config = final_config or config
+        self._confirmed = (None, False)  # (the check it confirmed, passed)
         self.metrics_url, self.baseline = metrics_url, {}
         if metrics_url:
             try:
@@ -160,7 +164,22 @@ class RunMonitor:
         if self.test_look == self.seen:
             self._check()  # the first look with a winner: check now, not at the next multiple
         ours = [r for r in self.results if r.treatment in winners]
-        return len(ours) == 2 * len(winners) and all(r.ok for r in ours)
+        if not (len(ours) == 2 * len(winners) and all(r.ok for r in ours)):
+            return False
+        if self.final_config == self.config:
+            return True
+        # confirm the latency pass as the final check computes it (its resamples, the same seed and
+        # requests): a bootstrap p near α can pass with a few hundred resamples and not with 2,000,
+        # and the run would then stop where promotion is refused
+        # once per guardrail check (this is called at every look while a winner waits), not per look
+        if self._confirmed[0] != self.checks:
+            c = self.latencies[self.control]
+            passed = all(
+                guardrails.latency(c, self.latencies[a], self.control, a, self.final_config).ok
+                for a in winners
+            )
+            self._confirmed = (self.checks, passed)
+        return self._confirmed[1]
 
     def finish(self) -> None:
         """After the last row: rows still waiting for the covariates are looked at; a winner still

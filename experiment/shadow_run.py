@@ -137,7 +137,8 @@ def run_shadow(
         log.to_csv(log_path, index=False)
     answered = log.loc[log["predict_status"] == 200, "puid"].dropna()
     records = wait_for_answers(events, shadow, answered, timeout)
-    pairs = paired.from_replay(log, records, shadow)
+    ids = set(answered.astype(str))  # this period's requests (the sink also holds earlier ones)
+    pairs = paired.from_replay(log, [r for r in records if r.get("requestid") in ids], shadow)
     design = None if design is None else replace(design, sd=None)
     return paired.evaluation(pairs, alpha, power, effect, design)
 

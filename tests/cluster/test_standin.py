@@ -20,6 +20,7 @@ import pytest
 
 from serving.cluster import deploy
 from serving.cluster.target import ClusterTarget
+from serving.local import free_port
 from tests.cluster.helpers import s3_emulator
 from tests.cluster.standin import StandInCluster
 from tests.conftest import MANIFEST, REPO
@@ -163,6 +164,10 @@ def test_notebook_cluster_branch_runs_top_to_bottom_against_the_stand_in_cluster
             # a reward series born during the replay has fewer than two samples ("Prometheus returned
             # no data for ['reward']") - found by this stand-in, reported to the analysis' owner
             "REPLAY_RATE": 40,
+            # the shadow step: the stand-in's "pods" run on this machine, so a sink on a free loopback
+            # port is one they reach; the stand-in's stack starts it and it writes under its state folder
+            "LOGGER_URL": f"http://127.0.0.1:{free_port()}/",
+            "REQUEST_LOGS": str(tmp_path / "cluster" / "operator" / "stack" / "request-logs"),
         }
         env = {
             **os.environ,
@@ -197,7 +202,10 @@ def test_notebook_cluster_branch_runs_top_to_bottom_against_the_stand_in_cluster
 
     # the branch's order: namespace and Secret before the deployment, the deployment before traffic
     assert calls.index("create_namespace") < calls.index("create_secret") < calls.index("create")
-    assert events[0] == "serving seldon/wines-classifier: {'model-a': 50, 'model-b': 50}"
+    # the shadow deployment first, then the same SeldonDeployment re-applied as the A/B test
+    assert events[0] == "serving seldon/wines-classifier: {'model-b': 100, 'model-a': 0}"
+    assert events[1] == "serving seldon/wines-classifier: {'model-a': 50, 'model-b': 50}"
+    assert "paired requests" in outputs  # the shadow's answers, read from the stand-in's sink, paired
     # the promotion, re-applied to the cluster BEFORE "requests after promotion" measured it
     promoted = [e for e in events if e.startswith("traffic of seldon/wines-classifier")]
     served_after = re.search(r"requests after promotion, served by: (\{[^}]*\})", outputs)

@@ -192,3 +192,21 @@ def test_covariates_still_being_computed_hold_the_rows_and_then_give_the_same_te
         ready.look,
         ready.test_look,
     )
+
+
+def test_a_winner_stops_only_once_its_latency_passes_the_final_check_too():
+    """The run's checks use fewer resamples than the final one (decide); the stop waits for a pass the
+    final check confirms, so the run does not stop where promotion is then refused."""
+    log = simulated_log({"b": 0.76, "a": 0.85}, 1200, seed=5, latency={"b": 2.0, "a": 2.2})
+    run_config = guardrails.GuardrailConfig(resamples=300)
+    # what the final check demands here (same resamples, to keep this quick; the margin differs)
+    stricter = guardrails.GuardrailConfig(resamples=300, latency_ratio_margin=1.0)
+    lenient = RunMonitor(DESIGN, "b", ["a"], config=run_config)
+    feed(lenient, log)
+    assert lenient.decision == sequential.WINNER  # a 10% slower challenger passes a 1.2 margin
+    strict = RunMonitor(DESIGN, "b", ["a"], config=run_config, final_config=stricter)
+    feed(strict, log)
+    strict.finish()  # what run_monitored calls after the last row
+    assert strict.decision == sequential.WINNER and strict.look == len(log)  # stopped by the rows running out
+    assert "had not passed" in strict.reason
+    assert strict.checks > lenient.checks  # it kept checking; the confirmation ran once per check

@@ -262,3 +262,48 @@ def test_sequential_paired_test_finds_a_real_effect_and_covers_it():
     assert result.decision == "winner" and result.stopped_at < 2000
     assert result.cs_low <= 0.03 <= result.cs_high and result.p < ALPHA
     assert np.isnan(result.log_evidence[: design.min_n - 1]).all()
+
+
+# ------------------------------------------------------------------------- the notebook's shadow step
+def test_the_shadow_manifest_names_its_roles_and_takes_a_cluster_logger_url(tmp_path):
+    import yaml
+
+    from experiment.shadow_run import shadow_roles, with_logger_url
+    from tests.serving.test_shadow_manifest import SHADOW
+
+    assert shadow_roles(SHADOW) == ("model-b", "model-a")  # the notebook's champion and challenger
+    with pytest.raises(paired.PairingError, match="one main predictor and one shadow"):
+        shadow_roles(SHADOW.parent / "model-a-b.yaml")
+    url = "http://request-logger.seldon.svc.cluster.local:8004/"
+    copied = with_logger_url(SHADOW, tmp_path / "copy.yaml", url)
+    loggers = [p["graph"]["logger"] for p in yaml.safe_load(copied.read_text())["spec"]["predictors"]]
+    assert loggers == [{"mode": "all", "url": url}] * 2
+    assert "# The first step of a release" in copied.read_text()  # comments kept
+    assert with_logger_url(SHADOW, tmp_path / "same.yaml", None).read_text() == SHADOW.read_text()
+
+
+def test_the_shadow_and_the_ab_test_get_different_rows():
+    from experiment.shadow_run import ab_limit, shadow_rows
+    from serving.replay import holdout_rows
+
+    every = holdout_rows()
+    shadow = shadow_rows(300)
+    ab = holdout_rows(limit=ab_limit(300))
+    assert len(shadow) == 300 and len(ab) == len(every) - 300
+    assert not set(shadow.index) & set(ab.index)  # two live periods, two sets of requests
+    assert ab_limit(300, limit=100) == 100
+    with pytest.raises(ValueError, match="between 1 and"):
+        shadow_rows(len(every))
+
+
+def test_waiting_for_the_shadows_answers_returns_once_all_arrived(tmp_path):
+    from experiment.shadow_run import wait_for_answers
+
+    folder = tmp_path / "request-logs"
+    folder.mkdir()
+    events = [record(CE_RESPONSE, "model-a", u, response(5.0, "model-a")) for u in ("u0", "u1")]
+    (folder / "inference-log-seldon-default-wines-classifier-model-a.jsonl").write_text(
+        "".join(json.dumps(e) + "\n" for e in events)
+    )
+    assert len(wait_for_answers(folder, "model-a", ["u0", "u1"], timeout=5)) == 2
+    assert len(wait_for_answers(folder, "model-a", ["u0", "u2"], timeout=0.3)) == 2  # u2 never came
