@@ -41,6 +41,21 @@ class ManifestReloader:
                 "adding predictors needs `python -m serving.local down` then `up`"
             )
 
+    def _check_roles(self, deployment: sdep.Deployment) -> None:
+        # The supervisor starts a shadow's model server at a lower CPU priority (it must not slow the
+        # callers' path on shared cores), which an unprivileged process cannot raise again: a shadow
+        # made a live arm in place would answer callers niced, slower than its rival under load - an
+        # A/B test and its latency guardrail measuring the machine, not the model. A cluster rolls
+        # the predictor's pods on such a change; here the stack restarts.
+        before = {p.name: p.shadow for p in self.routes.deployment.predictors}
+        changed = [p.name for p in deployment.predictors if before.get(p.name, p.shadow) != p.shadow]
+        if changed:
+            raise sdep.DeploymentError(
+                f"{deployment.source}: {', '.join(changed)} would change role (shadow: true/false); "
+                "locally a shadow's model server runs at a lower CPU priority, so the stack must restart "
+                "with the new manifest: `python -m serving.local up <manifest> --replace`"
+            )
+
     async def reload(self) -> dict:
         """Re-read the manifest; on any error keep serving the current split and report why."""
         path = self.config.manifest
@@ -52,6 +67,7 @@ class ManifestReloader:
             current = self.routes.deployment
             if deployment.name != current.name or deployment.namespace != current.namespace:
                 raise sdep.DeploymentError(f"{path}: renaming the deployment needs `down` then `up`")
+            self._check_roles(deployment)
         except (OSError, sdep.DeploymentError) as e:
             self.reload_error = str(e)
             logger.error("manifest not applied, still serving %s: %s", self.routes.deployment.traffic, e)
