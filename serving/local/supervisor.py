@@ -27,7 +27,7 @@ from serving import prometheus
 from serving.gateway import GatewayConfig
 from serving.local.processes import HOST, MARKER, ROLE, free_ports, signal_group, stop_groups
 from serving.request_logger import local_sink_ports
-from serving.request_logger.offload import NICENESS
+from serving.request_logger.offload import NICENESS, yield_cpu
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_CLASS = "serving.mlflow_server.MLFlowServer"
@@ -105,19 +105,25 @@ class Child:
     failures: int = 0
     next_probe: float = 0.0
     last_exit: int | None = None
+    niceness: int = 0  # > 0: it yields the CPU to the callers' path (a session of its own, niced)
 
     def start(self) -> None:
+        argv = ["nice", "-n", str(self.niceness), *self.argv] if self.niceness else self.argv
         with open(self.log, "ab") as log:
             # a process group of its own, like a container: killing it kills every process inside
+            # (a new session is a new group too: the unit of the CPU scheduler's autogroups)
             self.popen = subprocess.Popen(
-                self.argv,
+                argv,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                process_group=0,
+                process_group=None if self.niceness else 0,
+                start_new_session=bool(self.niceness),
                 cwd=REPO,
             )
+        if self.niceness:
+            yield_cpu(self.popen.pid)
         self.started = time.monotonic()
         self.ready, self.failures, self.restart_at = False, 0, None
         self.next_probe = self.started + self.readiness.initial_delay
@@ -194,10 +200,6 @@ class Supervisor:
                 argv = [sys.executable, *p.command[1:]]
                 env["PREDICTIVE_UNIT_PARAMETERS"] = json.dumps(list(p.parameters))
                 env["ROUTER_STATE_DIR"] = str(self.state_dir / "routers")  # the pod's volume, here
-            if p.shadow:
-                # on a cluster the shadow has CPU of its own; here it shares the callers' cores, so it
-                # yields them (its restart after a crash loads a model: seconds of CPU)
-                argv = ["nice", "-n", str(SHADOW_NICENESS), *argv]
             children.append(
                 Child(
                     name=p.name,
@@ -207,6 +209,9 @@ class Supervisor:
                     ready_url=f"http://{plan.host}:{ports['http']}{p.readiness.path}",
                     readiness=p.readiness,
                     liveness=p.liveness,
+                    # on a cluster the shadow has CPU of its own; here it shares the callers' cores, so
+                    # it yields them (it answers every mirror, and its restart loads a model)
+                    niceness=SHADOW_NICENESS if p.shadow else 0,
                 )
             )
         gateway_config = self.state_dir / "gateway.json"
@@ -227,10 +232,7 @@ class Supervisor:
             children.append(
                 Child(
                     name="request-logger" if len(sink_ports) == 1 else f"request-logger-{port}",
-                    argv=[  # niced as the shadow is: the callers' requests come first on shared cores
-                        "nice",
-                        "-n",
-                        str(SHADOW_NICENESS),
+                    argv=[
                         sys.executable,
                         "-m",
                         "serving.request_logger",
@@ -245,6 +247,7 @@ class Supervisor:
                     ready_url=f"http://{plan.host}:{port}/health",
                     readiness=fast,
                     liveness=sdep.Probe(initial_delay=2, period=2, failure_threshold=3, timeout=2),
+                    niceness=SHADOW_NICENESS,  # as the shadow: the callers' requests come first
                 )
             )
         children.append(

@@ -479,6 +479,7 @@ def test_offloaded_loggers_send_from_a_child_process_and_count_in_this_one(tmp_p
         assert hub.pid not in (None, os.getpid())
         # it yields the shared cores to the callers' path (the gateway, the model servers)
         assert psutil.Process(hub.pid).nice() == min(19, os.nice(0) + NICENESS)
+        assert os.getsid(hub.pid) == hub.pid  # a session of its own: a CPU share of its own
         a, b = hub["model-a"], hub["model-b"]
         seconds = timed_calls(
             [lambda i=i: a.log_request(f"p{i}", REQUEST) for i in range(50)]

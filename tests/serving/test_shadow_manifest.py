@@ -284,3 +284,30 @@ def test_the_replay_sends_a_puid_per_row_and_its_log_pairs_with_the_shadows_answ
     )
     test = paired.paired_test(pairs)
     assert test.n == rows and test.wins + test.losses + test.ties == rows
+
+
+@pytest.mark.stack
+def test_the_shadow_and_the_logging_run_in_sessions_of_their_own_niced(shadow_stack):
+    """Their CPU comes from a scheduling group of their own, not from the share of the gateway and
+    the champion's model server beside which they run (see serving.request_logger.offload.yield_cpu)."""
+    import os
+
+    import psutil
+
+    from serving.request_logger.offload import NICENESS, SESSION_NICENESS
+
+    stack, _ = shadow_stack
+    processes = {name: p["pid"] for name, p in stack.status()["processes"].items()}
+    gateway = psutil.Process(processes["gateway"])
+    (logger_process,) = gateway.children()
+    yielding = {"model-a": processes["model-a"], "request-logger": processes["request-logger"]}
+    yielding["logger process"] = logger_process.pid
+    for name, pid in yielding.items():
+        assert os.getsid(pid) == pid and os.getsid(pid) != os.getsid(gateway.pid), name
+        assert psutil.Process(pid).nice() == NICENESS, name
+        autogroup = Path(f"/proc/{pid}/autogroup")
+        if autogroup.exists():  # Linux with the autogroup scheduler
+            assert autogroup.read_text().split()[-1] == str(SESSION_NICENESS), name
+    for name in ("gateway", "model-b"):  # the callers' path: the stack's session, not niced
+        assert psutil.Process(processes[name]).nice() == 0
+        assert os.getsid(processes[name]) == os.getsid(gateway.pid)
