@@ -10,12 +10,13 @@ folder; stopped by pid at the end) and:
    request in a shuffled order each round: this one (model-b serving, model-a as a logged
    shadow), one serving the same manifest without the shadow (model-b logged), one without the
    shadow or logging. p50 and p99 of each, and what the shadow adds (goal: <= 0.2 ms at p50).
-   Each is a stack as `python -m serving.local up` starts it: its gateway, model servers and sink
-   in the supervisor's session, the shadow and the sink niced. Linux's autogroup scheduler shares
-   the CPU between sessions first and orders by niceness only within one, so a gateway started
-   elsewhere is not comparable: earlier runs compared this stack's gateway with gateways started
-   by this script (in its session) and counted the difference of sessions (0 to +2 ms at p50 in
-   runs here, growing with the load) as the shadow's cost.
+   Each is a stack as `python -m serving.local up` starts it: its gateway and main model server in
+   the supervisor's session; the shadow's model server, the sink and the gateway's logger process
+   niced, each in a session of its own (serving.request_logger.offload.yield_cpu). Linux's
+   autogroup scheduler shares the CPU between sessions first and orders by niceness only within
+   one, so a gateway started elsewhere is not comparable: earlier runs compared this stack's
+   gateway with gateways started by this script (in its session) and counted the difference of
+   sessions (0 to +2 ms at p50 in runs here, growing with the load) as the shadow's cost.
    The mirror is sent after the caller's answer, so its cost shows as CPU the next request shares.
    Then 4 callers in flight through the stacks with and without the shadow (runs interleaved,
    median of rounds): there the mirror's work - the gateway's, the shadow model's, their events -
