@@ -140,6 +140,56 @@ def experiments_table(results: dict) -> str:
     )
 
 
+def shadow_block(results: dict) -> str:
+    """bench/results.json["shadow"] (bench/shadow.py): what a shadow costs the caller, what it saves."""
+    s = results["shadow"]
+    lat, conc, need, power = (
+        s["latency"],
+        s["concurrent"],
+        s["required_requests"],
+        s["measured_power_at_those_sizes"],
+    )
+    fifths = lat["shadow_added_p50_ms_by_fifth"]
+    rows = [
+        ("champion, challenger as a logged shadow", lat["with_shadow"]),
+        ("champion alone, logged", lat["without_shadow"]),
+        ("champion alone, not logged", lat["without_shadow_or_logging"]),
+    ]
+    mirrors = s["mirrors"]["concurrent"]
+    met = {True: "met", False: "**not met**"}
+    return "\n".join(
+        [
+            f"From `python -m bench.shadow` ({s['started'][:16].replace('T', ' ')} UTC; "
+            f"{describe(s['machine'])}; 1-minute load average {s['load_average_before'][0]:.1f} before and "
+            f"{s['load_average_after'][0]:.1f} after; source: `bench/results.json`). Three local stacks, "
+            "started as `python -m serving.local up` starts one, serve the same models; sequential 1-row "
+            f"predictions, {lat['with_shadow']['requests']:,} each, go through them interleaved in a "
+            "shuffled order:",
+            "",
+            "| | p50 ms | p99 ms |",
+            "|---|---|---|",
+            *[f"| {name} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |" for name, r in rows],
+            "",
+            f"The shadow adds **{s['shadow_added_p50_ms']:+.2f} ms at p50** (goal <= +0.2 ms: "
+            f"{met[s['goals']['shadow_added_p50_ms']['met']]}; by fifth of the run {min(fifths):+.2f} to "
+            f"{max(fifths):+.2f}) and {s['shadow_added_p99_ms']:+.2f} ms at p99; request logging adds "
+            f"{s['logging_added_p50_ms']:+.2f} ms. With {conc['callers']} callers at once the shadow's model "
+            f"competes for the same cores: p50 {conc['with_shadow']['p50_ms']:.2f} against "
+            f"{conc['without_shadow']['p50_ms']:.2f} ms, {conc['throughput_ratio']:.2f}x the requests/s, and "
+            f"{mirrors['skipped']:,} of {mirrors['mirrored'] + mirrors['skipped']:,} mirrors skipped and "
+            "counted (`gateway_shadow_requests_skipped`), as Istio drops a mirror it cannot send.",
+            "",
+            f"What the shadow saves: {s['replay']['paired_rows']:,} of {s['replay']['rows']:,} replayed rows "
+            f"were answered by both models and paired by `Seldon-Puid`. To detect the challenger's "
+            f"{need['effect']:+.3f} in mean reward with 80% power, the paired comparison needs "
+            f"**{need['paired']:,.0f}** callers' requests against **{need['ab_total']:,.0f}** for a 50/50 "
+            f"A/B test: **{s['ab_over_paired_requests']:.1f}x fewer** (goal >= 5x: "
+            f"{met[s['goals']['ab_over_paired_requests']['met']]}); measured power at those sizes "
+            f"{power['paired']:.2f} and {power['ab']:.2f} ({power['simulations']:,} resamples).",
+        ]
+    )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.readme", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -170,6 +220,7 @@ def main(argv=None) -> int:
 
         replace_block("bandit", bandit.readme_block(json.loads(BANDIT_RESULTS.read_text())), args.readme)
     replace_block("experiments", experiments_table(json.loads(args.bench.read_text())), args.readme)
+    replace_block("shadow", shadow_block(json.loads(args.bench.read_text())), args.readme)
     print(f"refreshed {args.readme.name} from {args.stages.name} and {args.bench.name}")
     return 0
 
