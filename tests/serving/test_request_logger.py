@@ -226,14 +226,17 @@ def test_dead_sink_costs_the_caller_nothing_and_every_loss_is_counted():
 
     async def scenario():
         async with RequestLogger(f"http://127.0.0.1:{closed_port()}/", **names) as log:
-            seconds = timed_calls([lambda i=i: log.log_request(f"p{i}", REQUEST) for i in range(200)])
+            for i in range(200):
+                log.log_request(f"p{i}", REQUEST)
+            # every call has returned and not one send was even tried: they only queue (a call that
+            # tried the dead sink itself would have counted its loss already)
+            tried_before_the_loop_ran = log.sent + sum(log.dropped.values())
             await until(lambda: log.dropped["send_error"] == 200)
-            return seconds, log.sent
+            return tried_before_the_loop_ran, log.sent
 
-    seconds, sent = run(scenario())
-    assert sent == 0
+    tried, sent = run(scenario())
+    assert tried == 0 and sent == 0
     assert dropped_metric("send_error", names) - before == 200
-    assert max(seconds) < 0.02, f"a log call took {max(seconds) * 1000:.1f} ms"
 
 
 def test_slow_sink_never_blocks_and_the_queue_bound_holds():
@@ -265,8 +268,9 @@ def test_slow_sink_never_blocks_and_the_queue_bound_holds():
         return seconds, peak, dropped
 
     seconds, peak, dropped = run(scenario())
-    assert max(seconds) < 0.02, f"a log call took {max(seconds) * 1000:.1f} ms"
-    assert sum(seconds) < delay / 5
+    # a call that waited for the sink would take its delay: the calls together take a fraction of one
+    # (a bound on blocking, far from any scheduler pause: not a latency goal)
+    assert sum(seconds) < delay / 2, f"the log calls took {sum(seconds) * 1000:.1f} ms"
     assert peak <= queue_size
     # the workers hold one event each, the queue holds queue_size; the rest wait 0.2 s and are dropped
     assert dropped == {"queue_full": calls - queue_size - workers}
@@ -506,7 +510,8 @@ def test_offloaded_loggers_send_from_a_child_process_and_count_in_this_one(tmp_p
         "send_error", {"deployment": "offload-test", "predictor": "model-b", "node": "model-b"}
     )
     assert after - before == 20
-    assert max(seconds) < 0.02
+    # a call that waited on the child or the dead sink would take the drain's seconds (not a latency goal)
+    assert sum(seconds) < 1.0, f"the log calls took {sum(seconds) * 1000:.1f} ms"
     events = read_events(tmp_path)
     assert len(events) == 100 and {e["endpoint"] for e in events} == {"model-a"}
     assert all(set(e["headers"]) == set(HEADERS) for e in events)
@@ -535,4 +540,5 @@ def test_offloaded_loggers_count_events_after_the_child_died(tmp_path):
         return seconds, log.sent, dict(log.dropped)
 
     seconds, sent, dropped = run(scenario())
-    assert sent == 1 and dropped == {"send_error": 10} and max(seconds) < 0.02
+    assert sent == 1 and dropped == {"send_error": 10}
+    assert sum(seconds) < 1.0, f"the log calls took {sum(seconds) * 1000:.1f} ms"  # no wait on the dead child
