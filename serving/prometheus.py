@@ -31,11 +31,11 @@ def binary() -> str:
 
 
 def scrape_config(
-    gateway: str, model_metrics: dict[str, str], interval: int = SCRAPE_INTERVAL_SECONDS
+    gateway: str, model_metrics: dict[str, str], interval: float = SCRAPE_INTERVAL_SECONDS
 ) -> dict:
     """Prometheus config: the gateway's /metrics and each predictor's model server /metrics."""
     return {
-        "global": {"scrape_interval": f"{interval}s", "evaluation_interval": f"{interval}s"},
+        "global": {"scrape_interval": f"{interval:g}s", "evaluation_interval": f"{interval:g}s"},
         "scrape_configs": [
             {
                 "job_name": "seldon-executor",
@@ -51,8 +51,10 @@ def scrape_config(
     }
 
 
-def write_config(path: Path, gateway: str, model_metrics: dict[str, str]) -> Path:
-    path.write_text(yaml.safe_dump(scrape_config(gateway, model_metrics), sort_keys=False))
+def write_config(
+    path: Path, gateway: str, model_metrics: dict[str, str], interval: float = SCRAPE_INTERVAL_SECONDS
+) -> Path:
+    path.write_text(yaml.safe_dump(scrape_config(gateway, model_metrics, interval), sort_keys=False))
     return path
 
 

@@ -63,6 +63,12 @@ def main(argv=None) -> int:
     up.add_argument(
         "--replace", action="store_true", help="stop a running stack that differs, then start this one"
     )
+    up.add_argument(
+        "--scrape-interval",
+        type=float,
+        default=None,
+        help="seconds between Prometheus's scrapes (default 2; 1 suits replays of a few seconds)",
+    )
     sub.add_parser("status", help="what is running, where, serving which model versions")
     sub.add_parser("reload", help="apply the working copy's current traffic split now")
     sub.add_parser("down", help="stop everything the stack started (orphans included)")
@@ -81,6 +87,7 @@ def main(argv=None) -> int:
                 state_dir=args.state_dir,
                 timeout=args.timeout,
                 replace=args.replace,
+                scrape_interval=args.scrape_interval,
             )
             print_status(stack.status())
         elif args.command == "status":

@@ -48,6 +48,7 @@ def differences(
     tracking_uri: str,
     models: dict[str, dict[str, str]],
     port: int | None,
+    scrape_interval: float | None = None,
 ) -> list[str]:
     """Why the running stack (``plan``, serving ``working_copy``) is not what `up(manifest, port)`
     would start now; [] if it is."""
@@ -85,4 +86,9 @@ def differences(
     if port is not None and port != plan.ingress_port and not (port == 0 and plan.requested_port == 0):
         asked = "any free port (0)" if port == 0 else f"port {port}"
         found.append(f"its ingress listens on port {plan.ingress_port}, and {asked} was asked for")
+    if scrape_interval and scrape_interval != plan.scrape_interval:
+        found.append(
+            f"its Prometheus scrapes every {plan.scrape_interval:g} s, "
+            f"and {scrape_interval:g} s was asked for"
+        )
     return found

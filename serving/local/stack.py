@@ -101,6 +101,12 @@ class LocalStack:
         return self.urls["prometheus"]
 
     @property
+    def scrape_interval(self) -> float:
+        """Seconds between Prometheus's scrapes of this stack."""
+        plan = self.plan
+        return plan.scrape_interval if plan else prometheus.SCRAPE_INTERVAL_SECONDS
+
+    @property
     def deployment(self) -> str:
         return self.state.get("deployment", "")
 
@@ -124,6 +130,7 @@ class LocalStack:
         timeout: float = 300,
         gateway_seed: int | None = None,
         replace: bool = False,
+        scrape_interval: float | None = None,
     ) -> LocalStack:
         """Check the manifest, copy it to ``manifest_path``, start everything, wait until ready.
 
@@ -131,7 +138,7 @@ class LocalStack:
         one; 0 means any free port. A running stack that serves the same manifest, tracking store
         and model versions (and the port asked for) is returned as it is (``reused`` is True).
         Any other running stack is refused with a ``StackError``, or stopped first when
-        ``replace`` is True.
+        ``replace`` is True. ``scrape_interval``: Prometheus's, in seconds (None: 2).
         """
         from training.tracking import use_local_store
 
@@ -144,7 +151,7 @@ class LocalStack:
 
         if stack.running():
             differences = reuse.differences(
-                stack.plan, stack.manifest_path, manifest, tracking_uri, models, port
+                stack.plan, stack.manifest_path, manifest, tracking_uri, models, port, scrape_interval
             )
             if not differences:
                 stack.reused = True
@@ -198,6 +205,7 @@ class LocalStack:
                 models=models,
                 gateway_seed=gateway_seed,
                 served_sha256=served_sha256,
+                scrape_interval=scrape_interval or prometheus.SCRAPE_INTERVAL_SECONDS,
                 **choose_ports(names, port, servers),
             )
             stack._start(plan)

@@ -58,6 +58,7 @@ class Plan:
     # sha256 of the working copy as `up` wrote it, when it differs from the given manifest (the
     # request-logger URLs moved to a free port): what "not edited since `up`" is checked against
     served_sha256: str | None = None
+    scrape_interval: float = prometheus.SCRAPE_INTERVAL_SECONDS  # Prometheus's, in seconds
 
     def write(self, path: Path) -> None:
         from dataclasses import asdict
@@ -267,6 +268,7 @@ class Supervisor:
             self.state_dir / "prometheus.yml",
             gateway=f"{plan.host}:{plan.ingress_port}",
             model_metrics={n: f"{plan.host}:{ports['metrics']}" for n, ports in plan.model_ports.items()},
+            interval=plan.scrape_interval,
         )
         children.append(
             Child(

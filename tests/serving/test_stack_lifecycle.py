@@ -97,6 +97,13 @@ def test_up_with_another_manifest_or_store_refuses(lifecycle, tmp_path):
         stack.plan, stack.manifest_path, manifest, "sqlite:////elsewhere/mlflow.db", models, None
     ) == [f"it reads the tracking store {tracking_uri()}, not sqlite:////elsewhere/mlflow.db"]
     assert differences(stack.plan, stack.manifest_path, manifest, tracking_uri(), models, None) == []
+    # Prometheus's scrape interval is part of what was asked for (the notebook asks for 1 s)
+    assert stack.scrape_interval == 2
+    assert differences(stack.plan, stack.manifest_path, manifest, tracking_uri(), models, None, 1) == [
+        "its Prometheus scrapes every 2 s, and 1 s was asked for"
+    ]
+    with pytest.raises(StackError, match="scrapes every 2 s"):
+        LocalStack.up(manifest, state_dir=state, timeout=60, scrape_interval=1)
 
 
 def test_a_traffic_edit_changes_only_the_working_copy_and_up_then_refuses(lifecycle):
