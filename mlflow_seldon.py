@@ -37,7 +37,7 @@
 # %% tags=["parameters"]
 TARGET = "local"  # "local": the embedded stack on 127.0.0.1; "cluster": Kubernetes + Seldon Core v1
 REPLAY_LIMIT = None  # None replays every hold-out row
-REPLAY_RATE = 150  # rows per second, a steady production-like pace (None: as fast as possible)
+REPLAY_RATE = 200  # rows per second, a steady production-like pace (None: as fast as possible)
 CONCURRENCY = 8  # replay requests in flight
 PORT = 8003  # the local ingress port (0: any free port)
 MANIFEST = "serving/model-a-b.yaml"  # the A/B test's SeldonDeployment: the contract for both targets
@@ -47,7 +47,7 @@ SHADOW_RATE = 150  # rows per second in the shadow period: a pace the shadow kee
 STATE_DIR = ".stack"  # the local stack's pids, logs and Prometheus data
 WORK_DIR = "runs"  # the working copy of the manifest and the feedback logs
 IMAGES = "images"  # where the figures are saved
-SCRAPE_INTERVAL = None  # seconds between scrapes; None: the target's (local 2 s, the PodMonitor's 15 s)
+SCRAPE_INTERVAL = None  # seconds between scrapes; None: the target's (local 1 s, the PodMonitor's 15 s)
 
 # cluster only (docs/cluster.md): where the models go, and how the notebook reaches the cluster
 BUCKET = "s3://my-bucket/mlflow-seldon"  # an existing bucket (docs/cluster.md, step 2 makes one)
@@ -234,15 +234,15 @@ CONTROL, CHALLENGER = shadow_roles(shadow_manifest)  # the champion serves; the 
 
 if TARGET == "local":
     from serving.local import LocalStack
-    from serving.prometheus import SCRAPE_INTERVAL_SECONDS
 
+    # replaces a leftover stack; Prometheus scrapes every second: a replay of a few seconds spans several
     stack = LocalStack.up(
-        shadow_manifest, port=PORT, state_dir=STATE_DIR, replace=True
-    )  # replaces a leftover
+        shadow_manifest, port=PORT, state_dir=STATE_DIR, replace=True, scrape_interval=SCRAPE_INTERVAL or 1
+    )
     endpoints = feedback.Endpoints.local(STATE_DIR)
     request_logs = Path(STATE_DIR) / "request-logs"  # where the stack's sink writes
     prometheus_url = stack.prometheus_url
-    scrape_interval = SCRAPE_INTERVAL or SCRAPE_INTERVAL_SECONDS  # the stack's Prometheus
+    scrape_interval = stack.scrape_interval  # the stack's Prometheus
 else:  # the same file, rendered with bucket URIs, applied with the Kubernetes client (= kubectl apply -f)
     print(cluster.prepare())  # the namespace, and the storage Secret in it (from this shell's credentials)
     cluster.deploy(shadow_manifest)  # render the working copy for the cluster, create or replace, wait
@@ -425,7 +425,9 @@ pd.concat(
 # On a cluster that is `kubectl apply -f` of the A/B manifest: the operator turns Istio's mirror
 # into a weighted route and, since the executors' configuration changed (the loggers, the
 # shadow), rolls new pods. Locally the stack is started again with it, as new pods (a traffic
-# change alone is applied without a restart, as promotion does in step 9); its Prometheus starts
+# change alone is applied without a restart, as promotion does in step 9; the gateway refuses to
+# turn a shadow into a live arm in place, since locally the shadow's process runs at a lower CPU
+# priority); its Prometheus starts
 # empty, so the A/B test counts from zero and its curves hold its own requests only — on a
 # cluster, whose Prometheus keeps the shadow period's series, the A/B test waits one dashboard
 # rate window (four scrapes) for them to leave the curves. Meanwhile: each hold-out request's
@@ -439,7 +441,9 @@ from experiment.monitored import covariate_table
 covariates = covariate_table(ab_manifest)  # per request: what CUPED adjusts with
 if TARGET == "local":
     baseline = time.time()  # before the new stack's first scrape: its counters all start from 0 after it
-    stack = LocalStack.up(ab_manifest, port=PORT, state_dir=STATE_DIR, replace=True)
+    stack = LocalStack.up(
+        ab_manifest, port=PORT, state_dir=STATE_DIR, replace=True, scrape_interval=scrape_interval
+    )
     endpoints = feedback.Endpoints.local(STATE_DIR)
     manifest = stack.manifest_path  # the stack's own copy: promotion edits it, the gateway applies it
     prometheus_url = stack.prometheus_url
