@@ -23,6 +23,7 @@ import psutil
 import requests
 import yaml
 
+from bench import measure
 from serving.local import HOST, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,17 +90,7 @@ class Server:
     def listening(self) -> set[str]:
         # note: a gRPC server on an IPv6 socket reports IPv4 loopback as ::ffff:127.0.0.1
         """The IP addresses this server's processes listen on (must be loopback only)."""
-        addresses = set()
-        for pid in self.pids():
-            try:
-                addresses |= {
-                    c.laddr.ip
-                    for c in psutil.Process(pid).net_connections("inet")
-                    if c.status == psutil.CONN_LISTEN
-                }
-            except psutil.Error:
-                continue
-        return addresses
+        return measure.listening(self.pids())
 
     def stop(self) -> None:
         if self.popen is None:

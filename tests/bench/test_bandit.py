@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import math
 import re
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.bench.script import run_script
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED = REPO / "bench" / "results-bandit.json"
@@ -19,25 +19,7 @@ README = REPO / "README.md"
 
 
 def run_bandit(args: list[str], timeout: float) -> subprocess.CompletedProcess:
-    """Run the script; on a timeout, SIGTERM first so it stops the stack it started."""
-    with subprocess.Popen(
-        [sys.executable, "-m", "bench.bandit", *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    ) as proc:
-        try:
-            out, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGTERM)  # bench/bandit.py takes its stack down on SIGTERM
-            try:
-                out, _ = proc.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out, _ = proc.communicate()
-            pytest.fail(f"bench/bandit.py took more than {timeout:g} s:\n{out[-3000:]}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
+    return run_script("bench.bandit", args, timeout)
 
 
 def check_result(result: dict) -> None:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.bench.script import run_script
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED = REPO / "bench" / "results.json"
@@ -25,25 +25,7 @@ pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 
 def run_bench(args: list[str], timeout: float = 420) -> subprocess.CompletedProcess:
-    """Run the script; on a timeout, SIGTERM first so it stops the stack and servers it started."""
-    with subprocess.Popen(
-        [sys.executable, str(REPO / "bench" / "run.py"), *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    ) as proc:
-        try:
-            out, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGTERM)  # bench/run.py cleans up on SIGTERM
-            try:
-                out, _ = proc.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out, _ = proc.communicate()
-            pytest.fail(f"bench/run.py did not finish within {timeout:g} s:\n{out[-4000:]}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
+    return run_script("bench.run", args, timeout)
 
 
 def positive(value) -> bool:

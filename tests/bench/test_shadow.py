@@ -10,12 +10,12 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.bench.script import run_script
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED = REPO / "bench" / "results.json"
@@ -23,25 +23,7 @@ ROWS, REQUESTS, SIMULATIONS = 60, 30, 50
 
 
 def run_shadow(args: list[str], timeout: float) -> subprocess.CompletedProcess:
-    """Run the script; on a timeout, SIGTERM first so it stops the stack and gateways it started."""
-    with subprocess.Popen(
-        [sys.executable, "-m", "bench.shadow", *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    ) as proc:
-        try:
-            out, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGTERM)  # bench/shadow.py takes its stack down on SIGTERM
-            try:
-                out, _ = proc.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out, _ = proc.communicate()
-            pytest.fail(f"bench/shadow.py took more than {timeout:g} s:\n{out[-3000:]}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
+    return run_script("bench.shadow", args, timeout)
 
 
 def finite(value) -> bool:
