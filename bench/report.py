@@ -49,6 +49,17 @@ every test starts its own local stack on free loopback ports and stops it by pid
   feedback the kill cut off after it was sent is resent with its prediction's `Seldon-Puid`, which
   the model server counts once (it remembers the last 65,536 ids), so each model server's
   `seldon_api_model_feedback_total` equals the log exactly per arm.
+- **The shadow and the request logger in trouble** (`tests/reliability/test_shadow_faults.py`,
+  a paced replay through `serving/model-shadow.yaml` against a fault-free baseline): `kill -9` of
+  the shadow's model server, `kill -9` of the request-logger sink, or the sink hung for 3 s,
+  mid-replay: every caller request answered by the champion, none retried, no error, the callers'
+  p99 within the noise of the baseline (at most 3x or +50 ms; a caller waiting for the shadow would
+  wait its 5 s timeout); the failed mirrors in the shadow's own executor metrics; every logged
+  event delivered or counted as dropped (a hung sink loses none).
+- **The bandit's router killed** (`tests/serving/test_router_stack.py`): `kill -9` of the router
+  under load reloads its state (each reward counted once, checked against the router's counters)
+  instead of exploring again; 8 concurrent feedback clients give it every reward exactly once
+  (`tests/serving/test_router_gateway.py`).
 - **`kill -9` of Prometheus under load**: restarted, its TSDB still holds the samples from before
   the kill, and since counters are cumulative at their source every per-arm total is exact.
 - **8 concurrent feedback clients** on the arms' endpoints: Prometheus counts exactly what was
