@@ -284,7 +284,9 @@ def figure_frames(
     - ``latency_distribution``: the latency distribution over the whole replay, at bucket bounds;
     - ``reward``: the dashboard's mean reward per arm over the rate window.
 
-    Waits for a scrape after ``end`` first, so the last counts are in. The windowed series run
+    Waits for a scrape after ``end`` first, so the last counts are in, and for up to two more while
+    a windowed series is still empty (born in the replay's last scrape interval, it has one sample
+    and ``rate()`` needs two: a replay shorter than a 15 s scrape meets this). The windowed series run
     on by one window past ``end``, when the replay's last requests leave them, even if that is
     later than Prometheus's last scrape: a window holds the samples it has, so with a cluster's
     15-30 s scrapes a replay of a few seconds still gets the points whose window spans a scrape
@@ -302,17 +304,26 @@ def figure_frames(
             url, start, end, deployment=deployment, scrape_interval=scrape_interval, service="predictions"
         )
     }
+    windowed = {
+        **{
+            f"latency_p{q * 100:g}": latency_quantile(q, window, deployment, metric=latency, service=service)
+            for q in QUANTILES
+        },
+        "latency_n": requests_in_window(window, deployment, latency, service),
+        "reward": mean_reward(window, deployment),
+    }
+    for extra_scrapes in range(3):
+        frames |= {name: range_frame(url, expr, start, until, step) for name, expr in windowed.items()}
+        if extra_scrapes == 2 or all(not frames[name].empty for name in windowed):
+            break
+        # a series born in the replay's last scrape interval has one sample so far, and rate() needs
+        # two: a replay shorter than a scrape interval (a cluster's 15 s, an early stop) meets this
+        scraped = wait_for_scrape(url, scraped, timeout)
     for q in QUANTILES:
-        expr = latency_quantile(q, window, deployment, metric=latency, service=service)
-        frames[f"latency_p{q * 100:g}"] = range_frame(url, expr, start, until, step)
         frames[f"latency_p{q * 100:g}"].attrs["title"] = title
-    frames["latency_n"] = range_frame(
-        url, requests_in_window(window, deployment, latency, service), start, until, step
-    )
     frames["latency_distribution"] = latency_distribution(
         url, start, scraped, deployment, latency, scrape_interval
     )
-    frames["reward"] = range_frame(url, mean_reward(window, deployment), start, until, step)
     return frames
 
 
