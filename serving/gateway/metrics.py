@@ -4,11 +4,13 @@ buckets) and the gateway's own (sub-millisecond latencies, skipped mirrors)."""
 from prometheus_client import Counter, Histogram
 
 # seldon-core executor/api/metric/constants.go
+# the executor server histogram's labels; the gateway's fine histogram has the same ones
+SERVER_LABELS = ["deployment_name", "predictor_name", "predictor_version", "service", "method", "code"]
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 SERVER_REQUESTS = Histogram(
     "seldon_api_executor_server_requests_seconds",
     "A histogram of latencies for executor server",
-    ["deployment_name", "predictor_name", "predictor_version", "service", "method", "code"],
+    SERVER_LABELS,
     buckets=BUCKETS,
 )
 CLIENT_REQUESTS = Histogram(
@@ -37,7 +39,7 @@ FINE_BUCKETS = (
 GATEWAY_REQUESTS = Histogram(
     "gateway_request_seconds",
     "Latency of the requests the gateway served (fine buckets)",
-    ["deployment_name", "predictor_name", "predictor_version", "service", "method", "code"],
+    SERVER_LABELS,
     buckets=FINE_BUCKETS,
 )
 
